@@ -1,0 +1,1 @@
+"""Tiny text-encoder adapters that teach a frozen AltDiffusion model a new domain's vocabulary."""
