@@ -1,0 +1,31 @@
+"""Flags shared by the six scripts, defined once so the two trainers and the two renderers cannot drift."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+DEFAULT_MODEL = "BAAI/AltDiffusion-m9"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model_path and --allow_other_base: which frozen base to load and how strict to be about it."""
+    group = parser.add_argument_group("base model")
+    group.add_argument(
+        "--model_path",
+        default=DEFAULT_MODEL,
+        help="hub id or local diffusers folder of an AltDiffusion-family model (AltDiffusion, -m9, -m18)",
+    )
+    group.add_argument(
+        "--allow_other_base",
+        action="store_true",
+        help="use an adapter even if its recorded base fingerprint differs from this base's weights",
+    )
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain `LEVEL message` lines on stderr; quiet third-party INFO chatter unless --verbose."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not verbose:
+        for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny AltDiffusion-architecture models saved to disk and loaded by the real loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from altadapter.model import AltDiffusionBase, load_base
+from altadapter.tiny_models import PRESETS, build_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny m9-style model folder (pads prompts to the tokenizer's length, like m9's 512)."""
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-m9", PRESETS["tiny"])
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_model_dir: Path) -> AltDiffusionBase:
+    return load_base(tiny_model_dir)
