@@ -67,7 +67,7 @@ def encode_tokens(
     base: AltDiffusionBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    prompt_adapter: PromptAdapter | None = None,
+    prompt_adapter: PromptAdapter | torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Run the text encoder (with prompt vectors spliced in after `<s>`): (B, T) ids -> (B, L, D)."""
     encoder = base.text_encoder
@@ -95,9 +95,12 @@ def encode_tokens(
     return outputs[0].to(encoder.dtype)
 
 
-def apply_mlp(adapter: MLPAdapter, conditioning: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def apply_mlp(
+    adapter: MLPAdapter | torch.nn.Module, conditioning: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
     """Blend in the MLP adapter: conditioning + scale * f(conditioning), in the conditioning's dtype."""
-    inputs = conditioning.to(adapter.layers[0].weight.dtype)
+    # next(parameters()) rather than .layers: the adapter may be wrapped by DDP during training.
+    inputs = conditioning.to(next(adapter.parameters()).dtype)
     tuned = adapter(inputs)
     if scale != 1.0:
         tuned = torch.lerp(inputs, tuned, scale)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AltDiffusionPipeline, AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
     RobertaSeriesModelWithTransformation,
 )
@@ -111,8 +111,10 @@ def check_model_dir(path: Path) -> None:
         )
 
 
-def fingerprint(text_encoder: RobertaSeriesModelWithTransformation, unet: UNet2DConditionModel) -> str:
-    """A short hash of the weights an adapter depends on, identical whatever dtype they are later cast to."""
+def fingerprint(
+    text_encoder: RobertaSeriesModelWithTransformation, unet: UNet2DConditionModel, vae: AutoencoderKL
+) -> str:
+    """A short hash of the weights adapters and latent caches depend on, whatever dtype they are cast to."""
     digest = hashlib.sha256()
     projection = text_encoder.transformation_pre if text_encoder.has_pre_transformation else None
     tensors = [
@@ -121,6 +123,8 @@ def fingerprint(text_encoder: RobertaSeriesModelWithTransformation, unet: UNet2D
         *([projection.weight] if projection is not None else []),
         unet.conv_in.weight,
         unet.conv_out.weight,
+        vae.encoder.conv_in.weight,
+        vae.decoder.conv_out.weight,
     ]
     for tensor in tensors:
         # Hashed as bf16 so the fp32 weights of a folder give one answer, whatever --dtype asks for.
@@ -154,7 +158,7 @@ def load_base(
         model_max_length=tokenizer.model_max_length,
         max_text_positions=config.max_position_embeddings - config.pad_token_id - 1,
         vocab_size=config.vocab_size,
-        fingerprint=fingerprint(text_encoder, unet),
+        fingerprint=fingerprint(text_encoder, unet, vae),
     )
     if unet.config.cross_attention_dim != config.project_dim:
         raise BaseModelError(
@@ -174,8 +178,11 @@ def default_scheduler(base: AltDiffusionBase) -> SchedulerMixin:
     return scheduler_class.from_config(base.scheduler_config)
 
 
-def make_pipeline(base: AltDiffusionBase, scheduler: SchedulerMixin | None = None) -> AltDiffusionPipeline:
+def make_pipeline(base: AltDiffusionBase, scheduler: SchedulerMixin | None = None):
     """A stock diffusers `AltDiffusionPipeline` over the loaded components (no safety checker)."""
+    # Imported here: the pipeline module pulls in CLIP image processors that warn about torchvision.
+    from diffusers import AltDiffusionPipeline
+
     return AltDiffusionPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,

@@ -7,6 +7,7 @@ and benchmarks go through exactly the loading code a real model takes, with noth
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
     RobertaSeriesModelWithTransformation,
 )
 from transformers import XLMRobertaTokenizer
+
+CONFIG_DIR = Path(__file__).parent / "configs"
 
 # The m9 scheduler: scheduler_config.json says DDIM while model_index.json says PNDM (see DESIGN.md).
 SCHEDULER_CONFIG = {
@@ -109,21 +112,6 @@ PRESETS: dict[str, ModelSize] = {
         attention_head_dim=8,
         vae_channels=(32, 64, 128, 128),
         sample_size=128,
-    ),
-    # The published AltDiffusion-m9 dimensions (random weights: for GPU benchmarks, never for images).
-    "m9": ModelSize(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        project_dim=768,
-        model_max_length=512,
-        unet_channels=(320, 640, 1280, 1280),
-        unet_layers_per_block=2,
-        attention_head_dim=8,
-        vae_channels=(128, 256, 512, 512),
-        vae_layers_per_block=2,
-        sample_size=512,
     ),
 }
 
@@ -233,10 +221,36 @@ def save_model_dir(
     return path
 
 
+def read_published_config(name: str, part: str) -> dict:
+    """One component's config ("text_encoder", "unet", "vae", "scheduler") of a shipped architecture."""
+    return json.loads((CONFIG_DIR / name / f"{part}.json").read_text(encoding="utf-8"))
+
+
+def build_published_model_dir(path: str | Path, name: str = "altdiffusion-m9", *, seed: int = 0) -> Path:
+    """A random-weight model of a published architecture, from the config files shipped in `configs/name`."""
+    torch.manual_seed(seed)
+    read = functools.partial(read_published_config, name)
+    text_config = RobertaSeriesConfig(**read("text_encoder"))
+    scheduler_config = {k: v for k, v in read("scheduler").items() if not k.startswith("_")}
+    return save_model_dir(
+        path,
+        tokenizer=build_tokenizer(BASIC_WORDS, text_config.max_position_embeddings - 2),
+        text_encoder=RobertaSeriesModelWithTransformation(text_config).eval(),
+        unet=UNet2DConditionModel.from_config(read("unet")),
+        vae=AutoencoderKL.from_config(read("vae")),
+        scheduler_config=scheduler_config,
+    )
+
+
 def build_model_dir(
     path: str | Path, size: ModelSize | str = "tiny", *, words: Sequence[str] = (), seed: int = 0
 ) -> Path:
-    """Build a random AltDiffusion-architecture model of `size` and save it to `path`; returns `path`."""
+    """Build a random AltDiffusion-architecture model and save it to `path`; returns `path`.
+
+    `size` is a `ModelSize`, a preset name ("tiny", "cpu"), or "m9" for the published m9 architecture.
+    """
+    if size == "m9":
+        return build_published_model_dir(path, "altdiffusion-m9", seed=seed)
     size = PRESETS[size] if isinstance(size, str) else size
     torch.manual_seed(seed)
     tokenizer = build_tokenizer([*BASIC_WORDS, *size.extra_words, *words], size.model_max_length)

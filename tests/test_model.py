@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+    RobertaSeriesConfig,
     RobertaSeriesModelWithTransformation,
 )
 
 from altadapter.encoding import encode_text
 from altadapter.model import BaseModelError, load_base, make_pipeline
-from altadapter.tiny_models import PRESETS, build_model_dir
+from altadapter.tiny_models import PRESETS, build_model_dir, read_published_config
 
 
 def test_loads_tiny_m9_folder(tiny_base):
@@ -91,3 +92,13 @@ def test_unreachable_hub_id_fails_in_one_line(monkeypatch, tmp_path):
     assert "\n" not in message
     assert "BAAI/AltDiffusion-m9" in message
     assert "--model_path /path/to/AltDiffusion-m9" in message
+
+
+def test_shipped_m9_configs_describe_the_published_model():
+    text = RobertaSeriesConfig(**read_published_config("altdiffusion-m9", "text_encoder"))
+    unet = read_published_config("altdiffusion-m9", "unet")
+    assert (text.hidden_size, text.project_dim, text.max_position_embeddings) == (1024, 768, 514)
+    assert (text.num_hidden_layers, text.vocab_size, text.pad_token_id) == (24, 250002, 1)
+    assert unet["cross_attention_dim"] == text.project_dim
+    assert unet["block_out_channels"] == [320, 640, 1280, 1280]
+    assert read_published_config("altdiffusion-m9", "vae")["scaling_factor"] == 0.18215

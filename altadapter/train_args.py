@@ -1,0 +1,207 @@
+"""Flags of the two training scripts, with diffusers' training-example names where one exists.
+
+Both scripts call `add_train_args`; each adds only its adapter's flags. `check_train_args` rejects a bad
+configuration before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from altadapter.cli_args import add_model_args
+
+
+def add_train_args(
+    parser: argparse.ArgumentParser, *, default_name: str, default_learning_rate: float
+) -> None:
+    """Data, optimisation, precision, checkpointing, validation and preservation flags."""
+    add_model_args(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data_dir",
+        required=True,
+        help="dataset folder from meta_file_converter.py (metadata.jsonl), or a folder of images + tag .txt",
+    )
+    data.add_argument("--resolution", type=int, default=512, help="training size in pixels (multiple of 8)")
+    data.add_argument(
+        "--random_flip", action="store_true", help="flip images horizontally at random (both are cached)"
+    )
+    data.add_argument(
+        "--cache_dir",
+        default=None,
+        help="keep VAE latents on disk here, keyed by base, resolution, dtype and file content, so "
+        "later runs skip encoding (default: in memory only)",
+    )
+    data.add_argument(
+        "--validation_split",
+        type=float,
+        default=0.0,
+        help="fraction of the images held out for the validation loss (0 = none unless --validation_dir)",
+    )
+    data.add_argument("--validation_dir", default=None, help="a separate held-out dataset folder")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--ckpt_dir", default="runs", help="parent folder; the run writes into CKPT_DIR/NAME/")
+    out.add_argument("--name", default=default_name, help="run name: folder and adapter file name")
+    out.add_argument(
+        "--save_dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="dtype of the final adapter file (fp16/bf16 halve it)",
+    )
+    out.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=500,
+        help="save a resumable checkpoint (adapter, optimizer, lr schedule, step) every N steps",
+    )
+    out.add_argument(
+        "--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints"
+    )
+    out.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help='"latest" (the newest complete checkpoint in CKPT_DIR/NAME) or a checkpoint folder',
+    )
+    out.add_argument(
+        "--report_to",
+        default="tensorboard",
+        help='accelerate tracker for the logs ("tensorboard", "wandb", "all" or "none")',
+    )
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--batch_size", type=int, default=4, help="images per step per process")
+    optim.add_argument("--max_train_steps", type=int, default=1000, help="optimizer steps to train")
+    optim.add_argument(
+        "--learning_rate", type=float, default=default_learning_rate, help="peak AdamW learning rate"
+    )
+    optim.add_argument(
+        "--lr_scheduler",
+        default="constant",
+        choices=(
+            "constant",
+            "constant_with_warmup",
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+        ),
+        help="learning-rate schedule (diffusers.optimization.get_scheduler)",
+    )
+    optim.add_argument("--lr_warmup_steps", type=int, default=0, help="linear warm-up steps")
+    optim.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step"
+    )
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0 = off)")
+    optim.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    optim.add_argument("--seed", type=int, default=0, help="seed for data order, noise and timesteps")
+    optim.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR loss weighting gamma (5.0 is the paper's choice); off by default",
+    )
+    optim.add_argument("--noise_offset", type=float, default=0.0, help="noise offset (0.05-0.1 typical)")
+
+    speed = parser.add_argument_group("precision and speed")
+    speed.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="dtype the frozen base runs in (the adapter and its optimizer stay fp32); "
+        "default: accelerate's configuration",
+    )
+    speed.add_argument("--allow_tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs")
+    speed.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute UNet activations in the backward pass: less memory, ~30%% slower",
+    )
+
+    check = parser.add_argument_group("validation")
+    check.add_argument(
+        "--validation_steps",
+        type=int,
+        default=500,
+        help="every N steps: held-out loss (original vs adapter) and, with --validation_prompts, samples",
+    )
+    check.add_argument(
+        "--validation_prompts",
+        default=None,
+        help="prompts file; every --validation_steps render tuned vs original into CKPT_DIR/NAME/samples/",
+    )
+    check.add_argument("--num_validation_images", type=int, default=2, help="images per validation prompt")
+    check.add_argument(
+        "--validation_inference_steps", type=int, default=25, help="sampling steps for validation images"
+    )
+
+    keep = parser.add_argument_group("preserving the base's knowledge")
+    keep.add_argument(
+        "--preserve_weight",
+        type=float,
+        default=0.0,
+        help="weight of a penalty keeping the conditioning of general prompts close to the original's",
+    )
+    keep.add_argument(
+        "--preserve_prompts",
+        default=None,
+        help="file of general prompts for --preserve_weight (default: a built-in list in several languages)",
+    )
+    keep.add_argument(
+        "--preserve_batch_size", type=int, default=4, help="general prompts per step for the penalty"
+    )
+    parser.add_argument("--verbose", action="store_true", help="show library INFO logs")
+
+
+def add_mlp_args(parser: argparse.ArgumentParser) -> None:
+    """The MLP adapter's own flags."""
+    group = parser.add_argument_group("MLP adapter")
+    group.add_argument(
+        "--num_layers",
+        type=int,
+        default=1,
+        help="Linear layers after the text encoder (1 = one 768x768 Linear on m9, 590,592 parameters)",
+    )
+
+
+def add_prompt_args(parser: argparse.ArgumentParser) -> None:
+    """The prompt adapter's own flags."""
+    group = parser.add_argument_group("prompt adapter")
+    group.add_argument(
+        "--num_prompts",
+        type=int,
+        default=100,
+        help="learned vectors placed after <s> (100 x 1024 = 102,400 parameters on m9)",
+    )
+    group.add_argument(
+        "--init_text",
+        default=None,
+        help="initialise the vectors from this text's word embeddings (default: the dataset's most "
+        "frequent tags)",
+    )
+    group.add_argument(
+        "--random_init", action="store_true", help="initialise the vectors randomly instead of from text"
+    )
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    """Raise ValueError for a configuration that cannot work, before anything heavy is loaded."""
+    if args.resolution <= 0 or args.resolution % 8:
+        raise ValueError(
+            f"--resolution {args.resolution}: must be a positive multiple of 8 (VAE downsampling)"
+        )
+    if not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data_dir {args.data_dir}: no such folder; run meta_file_converter.py first")
+    if args.validation_dir is not None and not Path(args.validation_dir).is_dir():
+        raise ValueError(f"--validation_dir {args.validation_dir}: no such folder")
+    if not 0.0 <= args.validation_split < 1.0:
+        raise ValueError(f"--validation_split {args.validation_split}: must be in [0, 1)")
+    for flag in ("batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("validation_prompts", "preserve_prompts"):
+        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
+            raise ValueError(f"--{flag} {getattr(args, flag)}: no such file")
+    if getattr(args, "random_init", False) and args.init_text:
+        raise ValueError("--random_init and --init_text contradict each other; pass one")

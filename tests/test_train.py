@@ -1,0 +1,325 @@
+"""The training loop both scripts share: learning, caching, exact resume, precision and bad configurations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import (
+    RobertaSeriesModelWithTransformation,
+)
+from PIL import Image
+from safetensors.torch import load_file
+
+import text_encoder_util
+import text_encoder_util_mlp_transfer
+from altadapter import train as train_module
+from altadapter.adapter_io import read_adapter_file
+from altadapter.checkpoints import CheckpointError
+from altadapter.tiny_models import PRESETS, build_model_dir
+from altadapter.train import batch_indices, train
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
+SCRIPTS = {"mlp": text_encoder_util_mlp_transfer, "prompt": text_encoder_util}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Eight flat-colour images whose captions name the colour: learnable in a few steps."""
+    folder = tmp_path_factory.mktemp("data")
+    for index in range(8):
+        name = list(COLOURS)[index % len(COLOURS)]
+        Image.new("RGB", (40 + index, 48), COLOURS[name]).save(folder / f"img{index}.png")  # distinct bytes
+        (folder / f"img{index}.txt").write_text(f"1girl, solo, {name} hair, dress", encoding="utf-8")
+    return folder
+
+
+def run_args(kind: str, data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    """The write-up's flags (batch sizes, precision, names), scaled down to a tiny model."""
+    common = ["--data_dir", str(data), "--model_path", str(model), "--ckpt_dir", str(out), "--allow_tf32"]
+    common += [
+        "--resolution",
+        "32",
+        "--report_to",
+        "none",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+    ]
+    if kind == "mlp":
+        specific = [
+            "--batch_size",
+            "3",
+            "--mixed_precision",
+            "no",
+            "--name",
+            "altm9-single-layer",
+            "--num_layers",
+            "1",
+        ]
+    else:
+        specific = ["--batch_size", "6", "--mixed_precision", "bf16", "--name", "altm9-prompt-embedding"]
+        specific += ["--num_prompts", "4"]
+    return [*common, *specific, *extra]
+
+
+def train_in_process(kind: str, *argv: str) -> Path:
+    """Run a training script's main path in this process, as a fresh process would (own accelerate state)."""
+    try:
+        return train(SCRIPTS[kind].parse_args(list(argv)), kind)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "prompt"])
+def test_script_runs_end_to_end_with_the_write_ups_flags(kind, dataset, tiny_model_dir, tmp_path):
+    """The MLP as the write-up ran it (fp32, batch 3); the prompt adapter in bf16 at batch 6."""
+    script = REPO / f"{SCRIPTS[kind].__name__}.py"
+    result = subprocess.run(
+        [sys.executable, str(script), *run_args(kind, dataset, tiny_model_dir, tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = "altm9-single-layer" if kind == "mlp" else "altm9-prompt-embedding"
+    tensors, metadata = read_adapter_file(tmp_path / name / f"{name}.safetensors")
+    assert metadata.kind == kind and metadata.step == 4
+    assert sorted(p.name for p in (tmp_path / name).glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "prompt"])
+def test_adapter_learns_a_small_overfit_set(kind, dataset, tiny_model_dir, tmp_path):
+    args = run_args(kind, dataset, tiny_model_dir, tmp_path, "--validation_dir", str(dataset))
+    args += ["--max_train_steps", "30", "--learning_rate", "3e-3", "--validation_steps", "30"]
+    args += ["--mixed_precision", "no", "--checkpointing_steps", "100"]
+    _, metadata = read_adapter_file(train_in_process(kind, *args))
+    assert metadata.extra["val_loss_adapter"] < metadata.extra["val_loss_original"]
+
+
+def test_mlp_training_never_runs_the_text_encoder_per_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    forward = RobertaSeriesModelWithTransformation.forward
+    monkeypatch.setattr(
+        RobertaSeriesModelWithTransformation,
+        "forward",
+        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k),
+    )
+    counts = []
+    for steps in ("2", "6"):
+        calls.clear()
+        train_in_process(
+            "mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / steps), "--max_train_steps", steps
+        )
+        counts.append(len(calls))
+    assert counts[0] == counts[1] > 0  # only the one-off caption cache, however many steps
+
+
+def test_prompt_training_runs_the_encoder_every_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    forward = RobertaSeriesModelWithTransformation.forward
+    monkeypatch.setattr(
+        RobertaSeriesModelWithTransformation,
+        "forward",
+        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k),
+    )
+    counts = []
+    for steps in ("2", "6"):
+        calls.clear()
+        train_in_process(
+            "prompt",
+            *run_args("prompt", dataset, tiny_model_dir, tmp_path / steps),
+            "--max_train_steps",
+            steps,
+        )
+        counts.append(len(calls))
+    assert counts[1] - counts[0] == 4
+
+
+def test_base_weights_are_unchanged_by_training(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    loaded = []
+    real_load = train_module.load_base
+    monkeypatch.setattr(
+        train_module, "load_base", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1]
+    )
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_model_dir.rglob("*.safetensors")}
+    train_in_process(
+        "prompt", *run_args("prompt", dataset, tiny_model_dir, tmp_path), "--mixed_precision", "no"
+    )
+    fresh = real_load(tiny_model_dir)
+    for name in ("text_encoder", "unet", "vae"):
+        assert state_checksum(getattr(loaded[0], name)) == state_checksum(getattr(fresh, name))
+    assert before == {
+        p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_model_dir.rglob("*.safetensors")
+    }
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    seen = torch.cat([batch_indices(0, step, process, 2, 3, 12) for step in range(2) for process in range(2)])
+    assert sorted(seen.tolist()) == list(range(12))
+
+
+def test_latent_cache_on_disk_is_reused(dataset, tiny_model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = train_in_process(
+        "mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / "a"), "--cache_dir", str(cache)
+    )
+    entries = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert len(entries) == 8
+    second = train_in_process(
+        "mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / "b"), "--cache_dir", str(cache)
+    )
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == entries
+    for name, tensor in adapter_tensors(first).items():
+        assert torch.equal(adapter_tensors(second)[name], tensor)
+    # Another dtype is another key: a bf16 run never reads fp32 latents.
+    train_in_process(
+        "mlp",
+        *run_args("mlp", dataset, tiny_model_dir, tmp_path / "c"),
+        "--cache_dir",
+        str(cache),
+        "--mixed_precision",
+        "bf16",
+    )
+    assert len(list(cache.iterdir())) == 16
+
+
+def test_killed_run_resumes_to_the_same_adapter_bit_for_bit(dataset, tiny_model_dir, tmp_path):
+    steps = [
+        "--max_train_steps",
+        "8",
+        "--checkpointing_steps",
+        "2",
+        "--random_flip",
+        "--preserve_weight",
+        "0.5",
+    ]
+    reference = train_in_process("mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / "whole"), *steps)
+
+    argv = run_args("mlp", dataset, tiny_model_dir, tmp_path / "killed", *steps)
+    script = REPO / "text_encoder_util_mlp_transfer.py"
+    process = subprocess.Popen([sys.executable, str(script), *argv], cwd=REPO, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "killed" / "altm9-single-layer"
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint-4").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "altm9-single-layer.safetensors").exists(), "killed too late to test resuming"
+
+    resumed = train_in_process("mlp", *argv, "--resume_from_checkpoint", "latest")
+    for name, tensor in adapter_tensors(reference).items():
+        assert torch.equal(adapter_tensors(resumed)[name], tensor), name
+
+
+def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_dir, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    command += [str(REPO / "text_encoder_util.py"), *run_args("prompt", dataset, tiny_model_dir, tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = {
+        line.split("adapter ")[1].split()[0] for line in result.stderr.splitlines() if "on process" in line
+    }
+    processes = {line.split("on process ")[1] for line in result.stderr.splitlines() if "on process" in line}
+    assert processes == {"0", "1"} and len(digests) == 1
+    assert [p.name for p in (tmp_path / "altm9-prompt-embedding").glob("*.safetensors")] == [
+        "altm9-prompt-embedding.safetensors"
+    ]
+
+
+def write_dataset_of_broken_files(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "a.txt").write_text("red hair")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--data_dir": "/nonexistent/data"}, "no such folder; run meta_file_converter.py first"),
+        ({"--resolution": "36"}, "must be a positive multiple of 8"),
+        ({"--num_prompts": "31"}, "use at most 30"),
+    ],
+)
+def test_bad_configuration_fails_before_training(change, message, dataset, tiny_model_dir, tmp_path):
+    argv = run_args("prompt", dataset, tiny_model_dir, tmp_path)
+    for flag, value in change.items():
+        argv[argv.index(flag) + 1] = value
+    with pytest.raises(ValueError, match=message):
+        train_in_process("prompt", *argv)
+    assert not (tmp_path / "altm9-prompt-embedding").exists()
+
+
+def test_empty_dataset_is_refused(tiny_model_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no captioned images"):
+        train_in_process("mlp", *run_args("mlp", tmp_path / "empty", tiny_model_dir, tmp_path))
+
+
+def test_unreadable_images_only_are_refused(tiny_model_dir, tmp_path):
+    data = write_dataset_of_broken_files(tmp_path / "broken")
+    with pytest.raises(ValueError, match="no image of the dataset could be read"):
+        train_in_process("mlp", *run_args("mlp", data, tiny_model_dir, tmp_path))
+
+
+def test_resume_of_the_other_kind_or_another_base_is_refused(dataset, tiny_model_dir, tmp_path):
+    train_in_process("mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path), "--name", "run")
+    checkpoint = str(tmp_path / "run" / "checkpoint-4")
+    prompt_args = run_args(
+        "prompt", dataset, tiny_model_dir, tmp_path / "p", "--resume_from_checkpoint", checkpoint
+    )
+    with pytest.raises(
+        CheckpointError, match="holds a mlp adapter; resume it with text_encoder_util_mlp_transfer.py"
+    ):
+        train_in_process("prompt", *prompt_args)
+    other = build_model_dir(tmp_path / "other-base", PRESETS["tiny"], seed=3)
+    with pytest.raises(CheckpointError, match="trained on another base"):
+        train_in_process(
+            "mlp", *run_args("mlp", dataset, other, tmp_path / "o", "--resume_from_checkpoint", checkpoint)
+        )
+
+
+def test_checkpoint_info_records_kind_and_base(dataset, tiny_model_dir, tiny_base, tmp_path):
+    train_in_process(
+        "mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path), "--checkpoints_total_limit", "1"
+    )
+    checkpoints = list((tmp_path / "altm9-single-layer").glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-4"]
+    info = json.loads((checkpoints[0] / "checkpoint.json").read_text())
+    assert (
+        info["kind"] == "mlp" and info["step"] == 4 and info["base_fingerprint"] == tiny_base.info.fingerprint
+    )

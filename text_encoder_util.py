@@ -1,0 +1,32 @@
+"""Train the prompt adapter: learned vectors joined to the frozen AltDiffusion text encoder's input.
+
+Only the vectors train (100 x 1024 = 102,400 parameters on m9); the base never changes. They sit after
+<s> and pass through every encoder layer. Runs under `python`, `accelerate launch` and `torchrun` alike;
+writes CKPT_DIR/NAME/NAME.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from altadapter.cli_args import setup_logging
+from altadapter.train import train
+from altadapter.train_args import add_prompt_args, add_train_args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_train_args(parser, default_name="altm9-prompt-embedding", default_learning_rate=1e-3)
+    add_prompt_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    setup_logging(args.verbose)
+    train(args, "prompt")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,32 @@
+"""Train the MLP adapter: Linear layer(s) over the frozen AltDiffusion text encoder's output.
+
+Only the adapter trains (590,592 parameters for one layer on m9); the base never changes. The encoder's
+outputs are cached per caption, so a step costs one UNet forward and backward. Runs under
+`python`, `accelerate launch` and `torchrun` alike; writes CKPT_DIR/NAME/NAME.safetensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from altadapter.cli_args import setup_logging
+from altadapter.train import train
+from altadapter.train_args import add_mlp_args, add_train_args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_train_args(parser, default_name="altm9-single-layer", default_learning_rate=1e-4)
+    add_mlp_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    setup_logging(args.verbose)
+    train(args, "mlp")
+
+
+if __name__ == "__main__":
+    main(parse_args())
