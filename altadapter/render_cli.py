@@ -1,0 +1,209 @@
+"""Flags and run of the two rendering scripts, which differ only in the adapter kind they accept."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from altadapter import report
+from altadapter.adapter_io import SCRIPTS, load_adapter, read_adapter_file
+from altadapter.adapters import AdapterKind
+from altadapter.cli_args import add_model_args, setup_logging
+from altadapter.clip_score import ClipScorer, prompt_scores
+from altadapter.model import DTYPES, BaseModelError, load_base
+from altadapter.render import RenderSettings, render_comparison, save_comparison
+from altadapter.schedulers import SCHEDULERS
+
+logger = logging.getLogger(__name__)
+
+
+def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
+    """Every flag of the rendering script for adapters of `kind`."""
+    add_model_args(parser)
+    inputs = parser.add_argument_group("adapter and prompts")
+    inputs.add_argument(
+        "--adapter", required=True, help=f"{kind} adapter file (.safetensors) written by {SCRIPTS[kind][0]}"
+    )
+    prompts = inputs.add_mutually_exclusive_group(required=True)
+    prompts.add_argument(
+        "--prompts", help="prompts file, one prompt per line (UTF-8), as prompts_generator.py writes it"
+    )
+    prompts.add_argument("--prompt", action="append", help="a prompt to render; repeat the flag for more")
+
+    sampling = parser.add_argument_group("sampling (the same for tuned and original)")
+    sampling.add_argument("--num_images", type=int, default=4, help="images per prompt")
+    sampling.add_argument(
+        "--num_inference_steps", type=int, default=100, help="denoising steps (the write-up found 100 needed)"
+    )
+    sampling.add_argument(
+        "--guidance_scale", type=float, default=7.5, help="classifier-free guidance; 1 or less turns it off"
+    )
+    sampling.add_argument(
+        "--negative_prompt",
+        default="",
+        help="negative prompt; it goes through the adapter for the tuned rows",
+    )
+    sampling.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed; image j of prompt i gets a seed derived from (seed, i, j)",
+    )
+    sampling.add_argument(
+        "--height", type=int, default=None, help="pixels; unset: the model's own size (512 on m9)"
+    )
+    sampling.add_argument(
+        "--width", type=int, default=None, help="pixels; unset: the model's own size (512 on m9)"
+    )
+    sampling.add_argument(
+        "--scheduler",
+        choices=list(SCHEDULERS),
+        default="pndm",
+        help="sampler: pndm (the model's own), ddim, dpm++2m (fewer steps), euler_a (ancestral)",
+    )
+    sampling.add_argument(
+        "--scale",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="adapter strengths, one tuned row each (0 is the original, 1 the adapter as trained)",
+    )
+    sampling.add_argument(
+        "--max_batch",
+        type=int,
+        default=8,
+        help="images denoised together (tuned and original rows count alike); "
+        "with guidance the UNet batch is twice this. Lower it if memory runs out",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--output_dir", default=f"images/{kind}", help="folder for the grids, render.json and report.md"
+    )
+    other = "mlp" if kind == "prompt" else "prompt"
+    output.add_argument(
+        "--compare_with",
+        default=None,
+        help=f"output folder of {SCRIPTS[other][1]} rendered from the same prompts: "
+        "report.md then also gets the write-up's MLP | Prompt | original table",
+    )
+    output.add_argument(
+        "--clip_model",
+        default=None,
+        help="local AltCLIP model folder (e.g. a copy of BAAI/AltCLIP-m9): adds CLIP scores to report.md",
+    )
+    if kind == "prompt":
+        output.add_argument(
+            "--top_k_tokens",
+            type=int,
+            default=5,
+            help="list each prompt vector's nearest vocabulary tokens in report.md (0: leave them out)",
+        )
+
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--device", default="auto", help="torch device; auto: cuda if available, else cpu")
+    runtime.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="dtype of the frozen base; auto: fp16 on cuda, fp32 elsewhere (CPUs are slow or inexact in fp16)",
+    )
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a file: one per line, UTF-8 (a BOM is fine), blank lines skipped."""
+    path = Path(path)
+    hint = f"write one with: python prompts_generator.py --data_dir DATASET --out {path}"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"--prompts {path}: no such file; {hint}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--prompts {path}: not UTF-8 text ({error})") from error
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompts; {hint}")
+    return prompts
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device, with auto meaning cuda when there is one."""
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype, with auto meaning fp16 on cuda (m9 in fp32 needs twice the memory) and fp32 elsewhere."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def settings_from_args(args: argparse.Namespace) -> RenderSettings:
+    """RenderSettings from the flags (validated there)."""
+    return RenderSettings(
+        num_images=args.num_images,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        scheduler=args.scheduler,
+        scales=tuple(args.scale),
+        max_batch=args.max_batch,
+    )
+
+
+def run(args: argparse.Namespace, kind: AdapterKind) -> None:
+    """Render tuned and original side by side; write the grids, render.json and report.md.
+
+    Bad input (files, adapter kind or base, prompts) ends the program with one line on stderr, exit code 1.
+    """
+    setup_logging()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    try:
+        # The cheap checks first, so a typo does not wait for the model to load.
+        prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
+        settings = settings_from_args(args)
+        read_adapter_file(args.adapter)
+        if args.compare_with:
+            report.check_comparable(kind, prompts, report.read_record(args.compare_with), args.compare_with)
+        base = load_base(args.model_path, device=device, dtype=dtype)
+        adapter, metadata = load_adapter(
+            args.adapter, base.info, expected_kind=kind, allow_other_base=args.allow_other_base
+        )
+        scorer = ClipScorer(args.clip_model, device=device, dtype=dtype) if args.clip_model else None
+    except (ValueError, BaseModelError) as error:
+        sys.exit(f"error: {error}")
+    settings = settings.sized(base)
+    adapter.to(device)
+    # Warnings (a truncated prompt, say) print above the progress bar instead of through it.
+    with logging_redirect_tqdm():
+        results = render_comparison(base, adapter, prompts, settings=settings)
+    written = save_comparison(results, args.output_dir, settings)
+    top_k = getattr(args, "top_k_tokens", 0)  # a prompt-adapter flag: the MLP script has no tokens to show
+    record = report.build_record(
+        results,
+        settings,
+        base=base,
+        adapter_path=args.adapter,
+        metadata=metadata,
+        runtime={"device": str(device), "dtype": _dtype_name(dtype), "clip_model": args.clip_model},
+        clip=[prompt_scores(scorer, result) for result in results] if scorer else None,
+        nearest=report.nearest_tokens(base, adapter, top_k) if top_k > 0 else None,
+    )
+    report.write_record(args.output_dir, record)
+    path = report.write_report(args.output_dir, record, args.compare_with)
+    logger.info("wrote %d images and %s", len(written), path)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in DTYPES.items() if value == dtype)

@@ -1,0 +1,202 @@
+"""The two rendering scripts, run as a user runs them on a tiny model; bad input ends in one line on stderr."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
+
+from altadapter.adapter_io import save_adapter
+from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.clip_score import ClipScorer
+from altadapter.tiny_models import BASIC_WORDS, build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG_PROMPT = ", ".join(["red hair"] * 30)
+SCRIPT_FLAGS = ["--num_images", "2", "--num_inference_steps", "2", "--scheduler", "ddim", "--device", "cpu"]
+
+
+def build_tiny_altclip(path: Path) -> Path:
+    """A random AltCLIP (XLM-R text tower, ViT image tower) of a few thousand weights, saved for loading."""
+    tokenizer = build_tokenizer(BASIC_WORDS, 77)
+    config = AltCLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "project_dim": 16,
+            "max_position_embeddings": 80,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    AltCLIPModel(config).save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    AltCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def run_script(name: str, *args: str | Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / name), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def load_script(name: str) -> dict:
+    """The script's functions, imported without running it."""
+    return runpy.run_path(str(ROOT / name), run_name="script_under_test")
+
+
+@pytest.fixture(scope="module")
+def files(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    """Both kinds of adapter, one fitted to another base, a prompts file with an over-long prompt, AltCLIP."""
+    root = tmp_path_factory.mktemp("render-inputs")
+    mlp = MLPAdapter(MLPConfig(dim=tiny_base.info.project_dim))
+    torch.nn.init.normal_(mlp.layers[0].weight, std=3.0)
+    prompt = PromptAdapter(PromptConfig(dim=tiny_base.info.hidden_size, num_prompts=3))
+    other_base = dataclasses.replace(tiny_base.info, name="other-model", fingerprint="0123456789abcdef")
+    prompts = root / "prompts.txt"
+    prompts.write_text(f"1girl, solo, red hair\n\n{LONG_PROMPT}\n", encoding="utf-8")
+    return {
+        "mlp": save_adapter(root / "mlp.safetensors", mlp, tiny_base.info, step=3),
+        "prompt": save_adapter(
+            root / "prompt.safetensors", prompt, tiny_base.info, step=4, extra={"validation_loss": 0.5}
+        ),
+        "other_base": save_adapter(root / "other.safetensors", prompt, other_base),
+        "prompts": prompts,
+        "clip": build_tiny_altclip(root / "altclip"),
+    }
+
+
+@pytest.fixture(scope="module")
+def prompt_run(tiny_model_dir, files, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    output_dir = tmp_path_factory.mktemp("images") / "prompt"
+    done = run_script(
+        "text_encoder_gen_show.py",
+        *("--model_path", tiny_model_dir, "--adapter", files["prompt"], "--prompts", files["prompts"]),
+        *("--output_dir", output_dir, "--clip_model", files["clip"], "--top_k_tokens", "3", *SCRIPT_FLAGS),
+    )
+    return output_dir, done
+
+
+def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(prompt_run):
+    output_dir, done = prompt_run
+    assert done.returncode == 0, done.stderr
+    for index in (0, 1):
+        for suffix in ("", "_original"):
+            with Image.open(output_dir / f"grid_{index}_with_samples_2_with_steps_2{suffix}.png") as grid:
+                assert grid.size == (2 * 32, 32)
+        assert (output_dir / f"compare_{index}_with_samples_2_with_steps_2.png").is_file()
+    report = (output_dir / "report.md").read_text(encoding="utf-8")
+    assert "| index | prompt | tuned | original | side by side | CLIP tuned | CLIP original |" in report
+    assert re.search(r"\| 0 \| 1girl, solo, red hair \|.* \| -?\d+\.\d\d \| -?\d+\.\d\d \|", report)
+    assert "## Nearest vocabulary tokens of each prompt vector" in report and "| 2 | `" in report
+    record = json.loads((output_dir / "render.json").read_text(encoding="utf-8"))
+    assert record["kind"] == "prompt" and record["settings"]["scheduler"] == "ddim"
+    assert all(-100 <= entry["original"]["clip"] <= 100 for entry in record["prompts"])
+    # The core's truncation warning reaches the console and names the prompt.
+    assert re.search(r"WARNING prompt truncated to \d+ of its \d+ tokens: 'red hair, red hair", done.stderr)
+
+
+def test_mlp_script_adds_the_full_table_from_the_prompt_run(tiny_model_dir, files, prompt_run):
+    prompt_dir, _ = prompt_run
+    output_dir = prompt_dir.parent / "mlp"
+    done = run_script(
+        "text_encoder_gen_show_mlp.py",
+        *("--model_path", tiny_model_dir, "--adapter", files["mlp"], "--prompts", files["prompts"]),
+        *("--output_dir", output_dir, "--compare_with", prompt_dir, *SCRIPT_FLAGS),
+    )
+    assert done.returncode == 0, done.stderr
+    report = (output_dir / "report.md").read_text(encoding="utf-8")
+    assert "| index | prompt | MLP | Prompt | original |" in report
+    links = re.findall(r"!\[\]\(([^)]+)\)", report)
+    assert "../prompt/grid_1_with_samples_2_with_steps_2.png" in links
+    assert all((output_dir / link).is_file() for link in links)
+    # Same seeds and settings: both runs rendered the same original images.
+    for index in (0, 1):
+        name = f"grid_{index}_with_samples_2_with_steps_2_original.png"
+        with Image.open(output_dir / name) as ours, Image.open(prompt_dir / name) as theirs:
+            assert np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("script", "adapter", "extra", "message"),
+    [
+        ("text_encoder_gen_show.py", "nope.safetensors", [], "nope.safetensors: no such adapter file"),
+        (
+            "text_encoder_gen_show.py",
+            "mlp",
+            [],
+            "is a mlp adapter, not a prompt adapter: render it with text_encoder_gen_show_mlp.py",
+        ),
+        ("text_encoder_gen_show_mlp.py", "prompt", [], "render it with text_encoder_gen_show.py"),
+        ("text_encoder_gen_show.py", "other_base", [], "trained on other-model .*--allow_other_base"),
+        ("text_encoder_gen_show_mlp.py", "mlp", ["--compare_with", "TMP"], "no render.json there"),
+        ("text_encoder_gen_show_mlp.py", "mlp", ["--clip_model", "TMP"], "--clip_model .*: no config.json"),
+    ],
+)
+def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
+    tiny_model_dir, files, tmp_path, script, adapter, extra, message
+):
+    functions = load_script(script)
+    adapter_path = files.get(adapter, tmp_path / adapter)
+    argv = ["--model_path", str(tiny_model_dir), "--adapter", str(adapter_path), "--prompt", "a cat"]
+    extra = [str(tmp_path) if flag == "TMP" else flag for flag in extra]
+    args = functions["parse_args"]([*argv, "--output_dir", str(tmp_path / "out"), *extra, *SCRIPT_FLAGS])
+    with pytest.raises(SystemExit) as exit_info:
+        functions["main"](args)
+    # sys.exit with a string: Python prints that one line to stderr and exits 1, no traceback.
+    assert str(exit_info.value.code).startswith("error: ") and re.search(message, exit_info.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_prompts_file_says_to_run_prompts_generator(files, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    functions = load_script("text_encoder_gen_show.py")
+    args = functions["parse_args"](["--adapter", str(files["prompt"]), "--prompts", str(empty)])
+    with pytest.raises(SystemExit, match=re.escape(f"{empty} holds no prompts") + ".*prompts_generator.py"):
+        functions["main"](args)
+
+
+def test_both_scripts_share_one_flag_vocabulary(capsys):
+    def flags(script: str) -> set[str]:
+        with pytest.raises(SystemExit):
+            load_script(script)["parse_args"](["--help"])
+        return set(re.findall(r"--[a-z_]+", capsys.readouterr().out))
+
+    assert flags("text_encoder_gen_show.py") - flags("text_encoder_gen_show_mlp.py") == {"--top_k_tokens"}
+
+
+def test_clip_score_is_100_times_the_cosine_of_image_and_text(files):
+    scorer = ClipScorer(files["clip"])
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    scores = scorer.scores([*images, images[0]], "a red cat")
+    assert scores[0] == pytest.approx(scores[2]) and scores[0] != pytest.approx(scores[1])
+    # The model's own logits are exp(logit_scale) * cosine: an independent route to the same number.
+    inputs = scorer.processor(text=["a red cat"], images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = scorer.model(**inputs).logits_per_image[:, 0]
+    expected = logits / scorer.model.logit_scale.exp() * 100
+    torch.testing.assert_close(torch.tensor(scores[:2]), expected, rtol=1e-4, atol=1e-4)
