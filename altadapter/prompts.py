@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from altadapter.fileio import atomic_write
@@ -98,3 +99,19 @@ def write_prompts(path: str | os.PathLike, prompts: Iterable[str]) -> None:
     """One prompt per line, UTF-8, written atomically: the file the rendering scripts read."""
     with atomic_write(path) as handle:
         handle.writelines(prompt + "\n" for prompt in prompts)
+
+
+def read_prompts(path: str | os.PathLike, *, flag: str = "--prompts") -> list[str]:
+    """Prompts from a file: one per line, UTF-8 (a BOM is fine), blank lines skipped."""
+    path = Path(path)
+    hint = f"write one with: python prompts_generator.py --data_dir DATASET --out {path}"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file; {hint}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{flag} {path}: not UTF-8 text ({error})") from error
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{flag} {path} holds no prompts; {hint}")
+    return prompts

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -16,6 +15,7 @@ from altadapter.adapters import AdapterKind
 from altadapter.cli_args import add_model_args, setup_logging
 from altadapter.clip_score import ClipScorer, prompt_scores
 from altadapter.model import DTYPES, BaseModelError, load_base
+from altadapter.prompts import read_prompts
 from altadapter.render import RenderSettings, render_comparison, save_comparison
 from altadapter.schedulers import SCHEDULERS
 
@@ -113,22 +113,6 @@ def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
         default="auto",
         help="dtype of the frozen base; auto: fp16 on cuda, fp32 elsewhere (CPUs are slow or inexact in fp16)",
     )
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a file: one per line, UTF-8 (a BOM is fine), blank lines skipped."""
-    path = Path(path)
-    hint = f"write one with: python prompts_generator.py --data_dir DATASET --out {path}"
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"--prompts {path}: no such file; {hint}") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"--prompts {path}: not UTF-8 text ({error})") from error
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path} holds no prompts; {hint}")
-    return prompts
 
 
 def resolve_device(name: str) -> torch.device:

@@ -38,7 +38,9 @@ from altadapter.checkpoints import (
 )
 from altadapter.conditioning import Conditioner, build_training_adapter
 from altadapter.model import AltDiffusionBase, load_base
+from altadapter.prompts import read_prompts
 from altadapter.records import Record, scan_dataset
+from altadapter.render import RenderSettings, render_comparison, save_comparison
 from altadapter.train_args import check_train_args
 
 logger = logging.getLogger(__name__)
@@ -143,6 +145,21 @@ def validation_loss(
     return total / count
 
 
+def save_validation_samples(
+    base: AltDiffusionBase, adapter: Adapter, prompts: list[str], args: argparse.Namespace, folder: Path
+) -> None:
+    """Tuned-vs-original grids of the validation prompts, rendered from fixed noise with the render code."""
+    settings = RenderSettings(
+        num_images=args.num_validation_images,
+        num_inference_steps=args.validation_inference_steps,
+        scheduler="dpm++2m",
+        seed=args.seed,
+    )
+    save_comparison(
+        render_comparison(base, adapter, prompts, settings=settings, progress=False), folder, settings
+    )
+
+
 def adapter_digest(adapter: Adapter) -> str:
     """A short hash of the adapter's weights, to show every process ends with the same adapter."""
     digest = hashlib.sha256()
@@ -172,6 +189,9 @@ def train(args: argparse.Namespace, kind: AdapterKind) -> Path:
     # The base runs in whatever accelerate actually runs with, e.g. `accelerate launch --mixed_precision fp16`.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
+    )
+    sample_prompts = (
+        read_prompts(args.validation_prompts, flag="--validation_prompts") if args.validation_prompts else []
     )
     records = scan_dataset(args.data_dir)
     train_records, val_records = split_records(records, args.validation_split, args.seed)
@@ -341,6 +361,13 @@ def train(args: argparse.Namespace, kind: AdapterKind) -> Path:
                 scores["val_loss_original"],
                 scores["val_loss_adapter"],
             )
+        if (
+            sample_prompts
+            and accelerator.is_main_process
+            and (step % args.validation_steps == 0 or step == args.max_train_steps)
+        ):
+            folder = run_dir / "samples" / f"step-{step}"
+            save_validation_samples(base, accelerator.unwrap_model(wrapped), sample_prompts, args, folder)
         accelerator.log(logs, step=step)
         if step % args.checkpointing_steps == 0 or step == args.max_train_steps:
             last_checkpoint = save_checkpoint(

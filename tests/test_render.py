@@ -17,6 +17,7 @@ from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConf
 from altadapter.encoding import conditioning_length
 from altadapter.grids import labelled_rows
 from altadapter.model import make_pipeline
+from altadapter.prompts import read_prompts
 from altadapter.render import (
     RenderSettings,
     comparison_rows,
@@ -26,7 +27,6 @@ from altadapter.render import (
     render_rows,
     save_comparison,
 )
-from altadapter.render_cli import read_prompts
 from altadapter.schedulers import SCHEDULERS, make_scheduler
 
 PROMPTS = ["1girl, solo, red hair", "a cat on a blue house"]

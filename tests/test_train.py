@@ -323,3 +323,16 @@ def test_checkpoint_info_records_kind_and_base(dataset, tiny_model_dir, tiny_bas
     assert (
         info["kind"] == "mlp" and info["step"] == 4 and info["base_fingerprint"] == tiny_base.info.fingerprint
     )
+
+
+def test_validation_prompts_render_tuned_and_original_samples(dataset, tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1girl, solo, red hair\nblue hair, dress\n", encoding="utf-8")
+    argv = run_args("mlp", dataset, tiny_model_dir, tmp_path, "--validation_prompts", str(prompts))
+    train_in_process("mlp", *argv, "--validation_steps", "2", "--validation_inference_steps", "2")
+    for step in (2, 4):
+        names = sorted(
+            p.name for p in (tmp_path / "altm9-single-layer" / "samples" / f"step-{step}").iterdir()
+        )
+        assert "grid_1_with_samples_2_with_steps_2.png" in names
+        assert "grid_1_with_samples_2_with_steps_2_original.png" in names
