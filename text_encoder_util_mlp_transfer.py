@@ -11,16 +11,11 @@ import argparse
 
 from altadapter.cli_args import setup_logging
 from altadapter.train import train
-from altadapter.train_args import add_mlp_args, add_train_args
+from altadapter.train_args import build_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_train_args(parser, default_name="altm9-single-layer", default_learning_rate=1e-4)
-    add_mlp_args(parser)
-    return parser.parse_args(argv)
+    return build_parser("mlp", __doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -185,6 +185,24 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Per kind: the run name the write-up used and a learning rate that suits the adapter's parameters.
+KIND_DEFAULTS = {
+    "mlp": {"name": "altm9-single-layer", "learning_rate": 1e-4, "add_args": add_mlp_args},
+    "prompt": {"name": "altm9-prompt-embedding", "learning_rate": 1e-3, "add_args": add_prompt_args},
+}
+
+
+def build_parser(kind: str, description: str) -> argparse.ArgumentParser:
+    """The whole flag set of one training script: shared flags plus the adapter's own."""
+    defaults = KIND_DEFAULTS[kind]
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_train_args(parser, default_name=defaults["name"], default_learning_rate=defaults["learning_rate"])
+    defaults["add_args"](parser)
+    return parser
+
+
 def check_train_args(args: argparse.Namespace) -> None:
     """Raise ValueError for a configuration that cannot work, before anything heavy is loaded."""
     if args.resolution <= 0 or args.resolution % 8:

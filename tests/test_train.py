@@ -121,7 +121,8 @@ def test_adapter_learns_a_small_overfit_set(kind, dataset, tiny_model_dir, tmp_p
     assert metadata.extra["val_loss_adapter"] < metadata.extra["val_loss_original"]
 
 
-def test_mlp_training_never_runs_the_text_encoder_per_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
+def encoder_calls(kind: str, steps: str, dataset: Path, model: Path, out: Path, monkeypatch) -> int:
+    """How often a training run calls the text encoder's forward."""
     calls = []
     forward = RobertaSeriesModelWithTransformation.forward
     monkeypatch.setattr(
@@ -129,35 +130,22 @@ def test_mlp_training_never_runs_the_text_encoder_per_step(dataset, tiny_model_d
         "forward",
         lambda self, *a, **k: calls.append(1) or forward(self, *a, **k),
     )
-    counts = []
-    for steps in ("2", "6"):
-        calls.clear()
-        train_in_process(
-            "mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / steps), "--max_train_steps", steps
-        )
-        counts.append(len(calls))
-    assert counts[0] == counts[1] > 0  # only the one-off caption cache, however many steps
+    train_in_process(kind, *run_args(kind, dataset, model, out), "--max_train_steps", steps)
+    return len(calls)
+
+
+def test_mlp_training_never_runs_the_text_encoder_per_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    two, six = (
+        encoder_calls("mlp", s, dataset, tiny_model_dir, tmp_path / s, monkeypatch) for s in ("2", "6")
+    )
+    assert two == six > 0  # only the one-off caption cache, however many steps
 
 
 def test_prompt_training_runs_the_encoder_every_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
-    calls = []
-    forward = RobertaSeriesModelWithTransformation.forward
-    monkeypatch.setattr(
-        RobertaSeriesModelWithTransformation,
-        "forward",
-        lambda self, *a, **k: calls.append(1) or forward(self, *a, **k),
+    two, six = (
+        encoder_calls("prompt", s, dataset, tiny_model_dir, tmp_path / s, monkeypatch) for s in ("2", "6")
     )
-    counts = []
-    for steps in ("2", "6"):
-        calls.clear()
-        train_in_process(
-            "prompt",
-            *run_args("prompt", dataset, tiny_model_dir, tmp_path / steps),
-            "--max_train_steps",
-            steps,
-        )
-        counts.append(len(calls))
-    assert counts[1] - counts[0] == 4
+    assert six - two == 4
 
 
 def test_base_weights_are_unchanged_by_training(dataset, tiny_model_dir, tmp_path, monkeypatch):
