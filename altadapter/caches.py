@@ -34,20 +34,19 @@ class LatentCache:
 
     params: torch.Tensor
     records: list[Record]  # the records that could be read, in the order of `params`
+    scaling: float  # the VAE's latent scaling factor (0.18215 for SD 1.x VAEs)
 
-    def sample(
-        self, indices: torch.Tensor, flips: torch.Tensor, generator: torch.Generator, scaling: float
-    ) -> torch.Tensor:
+    def sample(self, indices: torch.Tensor, flips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Scaled latents (B, C, h, w) drawn from each record's posterior, as `latent_dist.sample()`."""
         params = self.params[indices, flips]  # (B, 2C, h, w)
         mean, logvar = params.chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return (mean + std * noise) * scaling
+        return (mean + std * noise) * self.scaling
 
-    def mean(self, indices: torch.Tensor, scaling: float) -> torch.Tensor:
+    def mean(self, indices: torch.Tensor) -> torch.Tensor:
         """Deterministic scaled latents (the posterior means, unflipped), for validation."""
-        return self.params[indices, 0].chunk(2, dim=1)[0] * scaling
+        return self.params[indices, 0].chunk(2, dim=1)[0] * self.scaling
 
 
 def latent_key(base: AltDiffusionBase, resolution: int, digest: str, flip: bool) -> str:
@@ -128,7 +127,7 @@ def build_latent_cache(
     if skipped:
         logger.warning("skipped %d unreadable image(s) of %d", skipped, len(records))
     params = torch.stack([torch.stack([entries[index, flip] for flip in flips]) for index in kept])
-    return LatentCache(params=params, records=[records[index] for index in kept])
+    return LatentCache(params, [records[index] for index in kept], base.vae.config.scaling_factor)
 
 
 @torch.no_grad()

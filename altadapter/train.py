@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,6 +71,43 @@ def batch_indices(
         chosen = epochs == epoch
         out[chosen] = permutation[positions[chosen] % size]
     return out
+
+
+@dataclass
+class MicroBatch:
+    """One micro-step's inputs on the CPU: scaled latents, noise, timesteps, captions, and their generator."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    captions: list[str]
+    generator: torch.Generator
+
+
+def draw_micro_batch(
+    args: argparse.Namespace,
+    cache: LatentCache,
+    micro_step: int,
+    process: int,
+    num_processes: int,
+    num_train_timesteps: int,
+) -> MicroBatch:
+    """Everything random about one micro-step, drawn from its own generator (see the module docstring)."""
+    generator = step_generator(args.seed, micro_step, process)
+    indices = batch_indices(
+        args.seed, micro_step, process, num_processes, args.batch_size, len(cache.records)
+    )
+    if args.random_flip:
+        flips = torch.randint(0, 2, (len(indices),), generator=generator)
+    else:
+        flips = torch.zeros(len(indices), dtype=torch.long)
+    latents = cache.sample(indices, flips, generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    if args.noise_offset:
+        noise += args.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, num_train_timesteps, (len(indices),), generator=generator)
+    captions = [cache.records[i].caption for i in indices.tolist()]
+    return MicroBatch(latents, noise, timesteps, captions, generator)
 
 
 def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -131,7 +169,7 @@ def validation_loss(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         indices = torch.tensor([i for i, _ in chunk])
-        latents = cache.mean(indices, base.vae.config.scaling_factor).to(base.device, base.dtype)
+        latents = cache.mean(indices).to(base.device, base.dtype)
         noise = torch.stack(
             [
                 torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed + 7 * i + t))
@@ -211,30 +249,22 @@ def train(args: argparse.Namespace, kind: AdapterKind) -> Path:
 
     progress = accelerator.is_local_main_process
     with accelerator.main_process_first():
-        cache = build_latent_cache(
-            base,
-            train_records,
-            resolution=args.resolution,
-            random_flip=args.random_flip,
-            cache_dir=args.cache_dir,
-            write=accelerator.is_main_process,
-            progress=progress,
-        )
-        val_cache = (
+        # The main process fills a --cache_dir first; the others then read its entries.
+        cache, val_cache = (
             build_latent_cache(
                 base,
-                val_records,
+                part,
                 resolution=args.resolution,
-                random_flip=False,
+                random_flip=args.random_flip and part is train_records,
                 cache_dir=args.cache_dir,
                 write=accelerator.is_main_process,
                 progress=progress,
             )
-            if val_records
+            if part
             else None
+            for part in (train_records, val_records)
         )
-    captions = [record.caption for record in cache.records]
-    all_captions = captions + ([r.caption for r in val_cache.records] if val_cache else [])
+    all_captions = [r.caption for r in cache.records + (val_cache.records if val_cache else [])]
     conditioner = Conditioner(kind, base, adapter, all_captions, args, progress=progress)
 
     optimizer = torch.optim.AdamW(
@@ -282,45 +312,27 @@ def train(args: argparse.Namespace, kind: AdapterKind) -> Path:
     bar = tqdm(
         total=args.max_train_steps, initial=step, desc=f"training {kind} adapter", disable=not progress
     )
-    scaling = base.vae.config.scaling_factor
     micro_step = step * args.gradient_accumulation_steps
     while step < args.max_train_steps:
         with accelerator.accumulate(wrapped):
-            generator = step_generator(args.seed, micro_step, accelerator.process_index)
-            indices = batch_indices(
-                args.seed,
+            batch = draw_micro_batch(
+                args,
+                cache,
                 micro_step,
                 accelerator.process_index,
                 accelerator.num_processes,
-                args.batch_size,
-                len(captions),
+                noise_scheduler.config.num_train_timesteps,
             )
-            flips = (
-                torch.randint(0, 2, (len(indices),), generator=generator)
-                if args.random_flip
-                else torch.zeros(len(indices), dtype=torch.long)
-            )
-            latents = cache.sample(indices, flips, generator, scaling)
-            noise = torch.randn(latents.shape, generator=generator)
-            if args.noise_offset:
-                noise += args.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (len(indices),), generator=generator
-            )
-            latents, noise = (
-                latents.to(accelerator.device, weight_dtype),
-                noise.to(accelerator.device, weight_dtype),
-            )
-            conditioning, penalty = conditioner.tuned_with_preservation(
-                [captions[i] for i in indices.tolist()], generator
-            )
+            latents = batch.latents.to(accelerator.device, weight_dtype)
+            noise = batch.noise.to(accelerator.device, weight_dtype)
+            conditioning, penalty = conditioner.tuned_with_preservation(batch.captions, batch.generator)
             loss = diffusion_loss(
                 base,
                 noise_scheduler,
                 conditioning,
                 latents,
                 noise,
-                timesteps.to(accelerator.device),
+                batch.timesteps.to(accelerator.device),
                 args.snr_gamma,
             )
             if penalty is not None:

@@ -108,7 +108,11 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
     pixels = torch.rand(batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
     with torch.no_grad():
         moments = base.vae.encode(pixels.to(base.dtype)).latent_dist.parameters.float().cpu()
-    cache = LatentCache(moments.unsqueeze(1), [Record(Path(f"{i}.png"), CAPTION) for i in range(batch)])
+    cache = LatentCache(
+        moments.unsqueeze(1),
+        [Record(Path(f"{i}.png"), CAPTION) for i in range(batch)],
+        base.vae.config.scaling_factor,
+    )
     options = Namespace(preserve_weight=0.0, preserve_batch_size=0, preserve_prompts=None)
     conditioner = Conditioner(kind, base, adapter, [CAPTION], options, progress=False)
     scaling = base.vae.config.scaling_factor
@@ -139,11 +143,11 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
 
     def optimised() -> None:
         generator = torch.Generator().manual_seed(0)
-        latents = cache.sample(indices, flips, generator, scaling).to(device, base.dtype)
+        latents = cache.sample(indices, flips, generator).to(device, base.dtype)
         conditioning, _ = conditioner.tuned_with_preservation(captions, None)
         finish(diffusion_loss(base, noise_scheduler, conditioning, latents, *random_inputs(latents)))
 
-    fixed_latents = cache.mean(indices, scaling).to(device, base.dtype)
+    fixed_latents = cache.mean(indices).to(device, base.dtype)
     fixed_noise, fixed_t = random_inputs(fixed_latents)
     noisy = noise_scheduler.add_noise(fixed_latents, fixed_noise, fixed_t)
     if kind == "mlp":
