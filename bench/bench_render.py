@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="tiny", help="tiny_models preset to build"
+        "--preset", choices=[*sorted(PRESETS), "m9"], default="tiny", help="tiny_models preset to build"
     )
     parser.add_argument(
         "--model_path", default=None, help="use this model folder instead of building --preset"

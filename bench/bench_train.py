@@ -35,7 +35,7 @@ from altadapter.conditioning import Conditioner
 from altadapter.encoding import apply_mlp, encode_tokens, text_token_budget, tokenize
 from altadapter.model import DTYPES, AltDiffusionBase, load_base
 from altadapter.records import Record
-from altadapter.tiny_models import build_model_dir
+from altadapter.tiny_models import PRESETS, build_model_dir
 from altadapter.train import diffusion_loss
 
 CAPTION = "1girl, solo, long hair, red dress, smile, simple background, looking at viewer, hat"
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="cpu", help="tiny | cpu | m9 (tiny_models presets)")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "m9"], default="cpu", help="model to build")
     parser.add_argument(
         "--model_path", default=None, help="use this model folder instead of building --preset"
     )
