@@ -54,7 +54,8 @@ def tokenize(
         prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
     )
     if warn:
-        lengths = [len(ids) for ids in base.tokenizer(prompts, truncation=False)["input_ids"]]
+        # verbose=False: this call measures length on purpose; the warning below names the prompt instead.
+        lengths = [len(ids) for ids in base.tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
         for prompt, length in zip(prompts, lengths, strict=True):
             if length > max_length:
                 logger.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 
 import pytest
@@ -131,3 +132,12 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     save_adapter(tmp_path / "a.safetensors", trained_mlp(), M9)
     save_adapter(tmp_path / "a.safetensors", trained_mlp(), M9)
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
+
+
+def test_saved_file_gets_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_adapter(tmp_path / "a.safetensors", trained_mlp(), M9)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of a temporary file
