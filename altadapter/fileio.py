@@ -46,6 +46,8 @@ def atomic_replace_from(tmp_path: str | os.PathLike, path: str | os.PathLike) ->
     """Move a finished temporary file over `path` atomically (for writers that need a file name)."""
     with open(tmp_path, "rb") as handle:
         os.fsync(handle.fileno())
+        # Some writers (safetensors) replace the file we made, with their own 0600 permissions.
+        os.fchmod(handle.fileno(), 0o666 & ~_umask())
     os.replace(tmp_path, path)
 
 
