@@ -1,0 +1,111 @@
+"""The toy demo's results as markdown (WORK_DIR/results.md, quoted by the README) from its results.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from altadapter import toy_world
+
+MODEL_TITLES = {
+    "original": "original",
+    "mlp": "MLP",
+    "prompt": "Prompt",
+    "mlp_preserve": "MLP + preserve",
+    "prompt_preserve": "Prompt + preserve",
+}
+SET_TITLES = {
+    "domain_short": f"domain, short ({toy_world.SHORT_NUM_TAGS} tags)",
+    "domain_long": f"domain, long ({toy_world.TRAIN_NUM_TAGS[0]}-{toy_world.TRAIN_NUM_TAGS[1]} tags)",
+    "base_world": "base world (out of domain)",
+}
+LOSS_TITLES = {"domain": "held-out loss, domain", "base_world": "held-out loss, base world"}
+
+
+def format_results(results: dict) -> str:
+    """results.md: how to reproduce, the summary table, accuracy per attribute, artefacts, timings."""
+    config, chance = results["config"], results["chance"]
+    models = results["models"]
+    sets = list(next(iter(models.values()))["accuracy"])
+    lines = ["# Toy demo results", ""]
+    if results["command"]:
+        lines += ["Reproduce with:", "", "```", results["command"], "```", ""]
+    lines += [_setting_line(results), ""]
+    lines += [
+        "Accuracy: the share of pictures that show all three attributes (shape colour, background colour, "
+        "shape) the prompt names, read by `toy_world.classify_image` (nearest palette colour per pixel; "
+        f"border ring = background; fill of the bounding box = shape). Chance: {_pct(chance['all'])} "
+        f"(per attribute: colours {_pct(chance['fg'])}, shape {_pct(chance['shape'])}). Held-out loss: the "
+        "training scripts' denoising loss at fixed timesteps and noise, on held-out domain pictures with "
+        "their tags, and on base-world pictures with plain-word captions.",
+        "",
+    ]
+    header = ["model", *LOSS_TITLES.values(), *(f"accuracy, {SET_TITLES.get(name, name)}" for name in sets)]
+    lines += [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+    for name, model in models.items():
+        cells = [MODEL_TITLES.get(name, name)]
+        cells += [f"{model['heldout_loss'][where]:.4f}" for where in LOSS_TITLES]
+        cells += [_pct(model["accuracy"][set_name]["all"]) for set_name in sets]
+        lines.append(_row(cells))
+    lines.append(_row(["chance", *([""] * len(LOSS_TITLES)), *([_pct(chance["all"])] * len(sets))]))
+
+    lines += ["", "Accuracy per attribute (shape colour / background colour / shape):", ""]
+    lines += [_row(["model", *(SET_TITLES.get(name, name) for name in sets)])]
+    lines.append(_row(["---"] + ["---:"] * len(sets)))
+    for name, model in models.items():
+        cells = [_attributes(model["accuracy"][set_name]) for set_name in sets]
+        lines.append(_row([MODEL_TITLES.get(name, name), *cells]))
+    lines.append(_row(["chance", *([_attributes(chance)] * len(sets))]))
+
+    artefacts = results["artefacts"]
+    lines += [
+        "",
+        "The write-up's grids: "
+        + ", ".join(f"`{path}/`" for path in artefacts["grids"])
+        + f"; its full table (prompt | MLP | Prompt | original): `{artefacts['full_table']}`. "
+        "Evaluation pictures (a row per model, the first picture of the first prompts): "
+        + ", ".join(f"`{path}`" for path in artefacts["samples"])
+        + ".",
+        "",
+        f"## Time ({results['machine']['cpus']} CPUs, {config['jobs']} commands side by side)",
+        "",
+        "Seconds since the start; stages overlap (a grid starts once its adapter is trained). "
+        "CPU: seconds its processes computed.",
+        "",
+        _row(["stage or command", "from", "to", "CPU"]),
+        _row(["---", "---:", "---:", "---:"]),
+    ]
+    for name, timing in [*results["stages"].items(), *results["commands"].items()]:
+        cpu = "" if timing["cpu_s"] is None else f"{timing['cpu_s']:.0f}"
+        lines.append(_row([name, f"{timing['start_s']:.0f}", f"{timing['end_s']:.0f}", cpu]))
+    return "\n".join(lines) + "\n"
+
+
+def _setting_line(results: dict) -> str:
+    config, base = results["config"], results["base"]
+    trained = (
+        f"; it draws {_pct(base['base_world_accuracy'])} of base-world prompts right by its training report"
+        if base.get("base_world_accuracy") is not None
+        else ""
+    )
+    return (
+        f"Base `{config['model_path']}` (fingerprint {base['fingerprint']}{trained}). Each adapter: "
+        f"{config['max_train_steps']} steps at batch {config['batch_size']} on {config['num_train']} "
+        f"pictures (MLP lr {config['mlp_learning_rate']:g}, {config['num_layers']} layer; prompt lr "
+        f"{config['prompt_learning_rate']:g}, {config['num_prompts']} vectors); preservation weight "
+        f"{config['preserve_weight']:g} on {config['preserve_prompts']} base-world prompts that the "
+        f"evaluation does not use. Evaluation: {config['eval_prompts']} prompts per set x "
+        f"{config['eval_images']} picture(s), DDIM {config['eval_steps']} steps, guidance "
+        f"{config['guidance_scale']:g}, the same noise for every model."
+    )
+
+
+def _attributes(scores: dict) -> str:
+    return " / ".join(_pct(scores[name]) for name in toy_world.ATTRIBUTE_NAMES)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

@@ -1,0 +1,213 @@
+"""Score the toy demo's models: attribute accuracy of the pictures they draw, and held-out denoising loss.
+
+Accuracy: every model renders the same prompts from the same noise in one batched loop
+(`render.render_rows`, a row per model), `toy_world.classify_image` reads each picture, and a picture is
+right on an attribute when it shows what the prompt names. Loss: `train.validation_loss`, the training
+scripts' own held-out metric (fixed timesteps, fixed noise per image), here on pictures of the base world
+with plain-word captions, which no adapter was trained on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from altadapter import toy_world
+from altadapter.adapter_io import load_adapter
+from altadapter.adapters import Adapter
+from altadapter.caches import build_latent_cache
+from altadapter.encoding import encode_text
+from altadapter.fileio import atomic_write
+from altadapter.grids import labelled_rows
+from altadapter.model import AltDiffusionBase, load_base
+from altadapter.records import scan_dataset
+from altadapter.render import RenderSettings, Row, default_size, render_rows
+from altadapter.train import validation_loss
+
+Models = Mapping[str, Adapter | None]  # model name -> its adapter; None is the original model
+Pictures = dict[str, list[list[Image.Image]]]  # model name -> pictures [prompt][image]
+CHUNK_PROMPTS = 10  # prompts per rendering task; each chunk's noise is seeded by its start, whatever `jobs`
+
+
+def load_models(base: AltDiffusionBase, adapter_files: Mapping[str, str | Path]) -> dict[str, Adapter | None]:
+    """The original model (as "original") and each named adapter file, checked against `base`."""
+    models: dict[str, Adapter | None] = {"original": None}
+    for name, path in adapter_files.items():
+        adapter, _ = load_adapter(path, base.info)
+        models[name] = adapter.to(base.device)
+    return models
+
+
+def render_models(
+    base: AltDiffusionBase, models: Models, prompts: Sequence[toy_world.Prompt], settings: RenderSettings
+) -> Pictures:
+    """Pictures per model, [prompt][image], every model from the same noise for the same prompt and image."""
+    rows = [Row(adapter) for adapter in models.values()]  # Row(None) is the original model
+    rendered = render_rows(base, [p.text for p in prompts], rows, settings, progress=False)
+    return {name: [per_prompt[index] for per_prompt in rendered] for index, name in enumerate(models)}
+
+
+def score_pictures(
+    pictures: Sequence[Sequence[Image.Image]], prompts: Sequence[toy_world.Prompt]
+) -> dict[str, object]:
+    """`toy_world.attribute_accuracy` of pictures [prompt][image] against what each prompt names."""
+    flat = [image for images in pictures for image in images]
+    expected = [prompt.attrs for prompt, images in zip(prompts, pictures, strict=True) for _ in images]
+    return toy_world.attribute_accuracy(flat, expected)
+
+
+def sample_sheet(pictures: Pictures, count: int) -> Image.Image:
+    """A labelled sheet: one row per model, the first picture of each of the first `count` prompts."""
+    return labelled_rows([(name, [images[0] for images in rows[:count]]) for name, rows in pictures.items()])
+
+
+def write_base_world_heldout(folder: str | Path, n: int, seed: int, *, size: int = 32) -> Path:
+    """`n` base-world pictures with plain-word captions (NNNNN.png + NNNNN.txt), a folder `scan_dataset` reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = toy_world.base_world_prompts(n, seed)
+    rng = np.random.default_rng(seed)
+    pixels = toy_world.render_batch([p.attrs for p in prompts], size, rng).numpy()
+    for index, (prompt, image) in enumerate(zip(prompts, pixels, strict=True)):
+        Image.fromarray(image, mode="RGB").save(folder / f"{index:05d}.png")
+        with atomic_write(folder / f"{index:05d}.txt") as handle:
+            handle.write(prompt.text + "\n")
+    return folder
+
+
+class _Conditioner:
+    """What `train.validation_loss` asks for: conditioning (B, L, D) of captions, original or tuned."""
+
+    def __init__(self, base: AltDiffusionBase, adapter: Adapter | None) -> None:
+        self.base, self.adapter = base, adapter
+
+    def __call__(self, captions: Sequence[str], *, tuned: bool):
+        return encode_text(self.base, captions, self.adapter if tuned else None)
+
+
+def heldout_losses(
+    base: AltDiffusionBase, models: Models, data_dir: str | Path, *, seed: int, batch_size: int
+) -> dict[str, float]:
+    """Held-out denoising loss of each model on a dataset folder, as the training scripts compute it."""
+    cache = build_latent_cache(
+        base,
+        scan_dataset(data_dir),
+        resolution=default_size(base)[0],
+        random_flip=False,
+        progress=False,
+    )
+    scheduler = base.noise_scheduler()
+    return {
+        name: validation_loss(
+            base,
+            scheduler,
+            cache,
+            _Conditioner(base, adapter),
+            tuned=adapter is not None,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        for name, adapter in models.items()
+    }
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate_models` measured: accuracy[model][set], held-out loss[model], pictures[set][model]."""
+
+    accuracy: dict[str, dict[str, dict]]
+    loss: dict[str, float]
+    pictures: dict[str, Pictures]
+    fingerprint: str  # of the base the models were evaluated on
+
+
+@dataclass(frozen=True)
+class _LossTask:
+    data_dir: str
+    seed: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class _RenderTask:
+    set_name: str
+    prompts: list[toy_world.Prompt]
+    settings: RenderSettings
+
+
+def evaluate_models(
+    model_path: str | Path,
+    adapter_files: Mapping[str, str | Path],
+    prompt_sets: Mapping[str, Sequence[toy_world.Prompt]],
+    settings: RenderSettings,
+    *,
+    loss_dir: str | Path,
+    loss_seed: int,
+    loss_batch_size: int,
+    jobs: int,
+) -> Evaluation:
+    """Render every prompt set with every model and score it; held-out loss on `loss_dir` too.
+
+    The work is split into tasks (the loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
+    processes, each with this process's threads / jobs threads: small models run faster on one thread
+    each, side by side, than on several threads that wait for each other. The numbers do not depend on
+    `jobs`.
+    """
+    files = {name: str(path) for name, path in adapter_files.items()}
+    threads = max(1, torch.get_num_threads() // jobs)
+    renders = [
+        _RenderTask(
+            set_name,
+            list(prompts[start : start + CHUNK_PROMPTS]),
+            replace(settings, seed=settings.seed + start),
+        )
+        for set_name, prompts in prompt_sets.items()
+        for start in range(0, len(prompts), CHUNK_PROMPTS)
+    ]
+    tasks = [_LossTask(str(loss_dir), loss_seed, loss_batch_size), *renders]  # the longest task first
+    if jobs == 1:
+        _start_worker(str(model_path), files, threads)
+        outputs = [_run_task(task) for task in tasks]
+    else:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_start_worker, initargs=(str(model_path), files, threads)
+        ) as pool:
+            outputs = list(pool.map(_run_task, tasks))
+    loss, fingerprint = outputs[0]
+    pictures: dict[str, Pictures] = {set_name: {} for set_name in prompt_sets}
+    for task, chunk_pictures in zip(renders, outputs[1:], strict=True):
+        for name, rows in chunk_pictures.items():
+            pictures[task.set_name].setdefault(name, []).extend(rows)
+    accuracy = {
+        name: {
+            set_name: score_pictures(pictures[set_name][name], prompts)
+            for set_name, prompts in prompt_sets.items()
+        }
+        for name in loss
+    }
+    return Evaluation(accuracy, loss, pictures, fingerprint)
+
+
+_WORKER: dict = {}  # the base and models one evaluation process loaded, for its tasks
+
+
+def _start_worker(model_path: str, adapter_files: dict[str, str], threads: int) -> None:
+    torch.set_num_threads(threads)
+    base = load_base(model_path)
+    _WORKER.update(base=base, models=load_models(base, adapter_files))
+
+
+def _run_task(task: _LossTask | _RenderTask):
+    base, models = _WORKER["base"], _WORKER["models"]
+    if isinstance(task, _LossTask):
+        losses = heldout_losses(base, models, task.data_dir, seed=task.seed, batch_size=task.batch_size)
+        return losses, base.info.fingerprint
+    return render_models(base, models, task.prompts, task.settings)

@@ -1,0 +1,129 @@
+"""Run the write-up's whole workflow on the toy domain and measure what the adapters learned and kept.
+
+Writes the toy domain (demo/make_toy_domain.py), converts it (meta_file_converter.py), samples the grid
+prompts (prompts_generator.py), trains the MLP and the prompt adapter on the toy base
+(text_encoder_util_mlp_transfer.py, text_encoder_util.py), again with --preserve_weight, renders the
+write-up's grids into IMAGES_DIR/mlp and IMAGES_DIR/prompt (text_encoder_gen_show_mlp.py,
+text_encoder_gen_show.py; IMAGES_DIR/prompt/report.md holds the full table), then scores the original
+model and the four adapters: held-out denoising loss, and the attribute accuracy of pictures rendered from
+domain prompts (short and long) and base-world prompts, read by a transparent colour/shape classifier.
+Every command is printed as it runs; its output goes to WORK_DIR/logs/. The results table is printed and
+written to WORK_DIR/results.md and WORK_DIR/results.json.
+
+The defaults fit 15 minutes on 2 CPU cores; --smoke runs every stage at tiny sizes in seconds (the test).
+Example: python demo/run_demo.py --model_path demo/toy_base
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
+
+from altadapter.cli_args import setup_logging
+from altadapter.demo import SMOKE, DemoConfig, DemoError, run_demo
+from altadapter.demo_results import format_results
+
+FULL = DemoConfig()
+
+# Flags whose default depends on --smoke: (type, help). Left unset, they take the full or the smoke value.
+SIZES = {
+    "num_train": (int, "training images of the toy domain"),
+    "num_heldout": (int, "held-out domain images, the training scripts' --validation_dir"),
+    "grid_prompts": (int, "prompts_generator.py prompts rendered into the write-up's grids"),
+    "grid_images": (int, "pictures per grid prompt (the write-up's 4)"),
+    "grid_steps": (int, "DDIM steps of the grids"),
+    "max_train_steps": (int, "training steps of each of the four adapter runs"),
+    "batch_size": (int, "training batch size"),
+    "num_prompts": (int, "prompt adapter vectors (the write-up's 100)"),
+    "preserve_prompts": (int, "base-world prompts of the preservation penalty"),
+    "eval_prompts": (int, "prompts per evaluation set (domain short, domain long, base world)"),
+    "eval_steps": (int, "DDIM steps of the evaluation pictures"),
+    "loss_images": (int, "base-world held-out pictures for the out-of-domain loss"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model_path", default=FULL.model_path, help="the toy base model folder")
+    parser.add_argument(
+        "--work_dir", default=FULL.work_dir, help="folder for data, adapters, logs and results"
+    )
+    parser.add_argument(
+        "--images_dir", default=FULL.images_dir, help="the grids go into IMAGES_DIR/mlp and IMAGES_DIR/prompt"
+    )
+    parser.add_argument("--seed", type=int, default=FULL.seed, help="seed of data, training and sampling")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and a few steps: every stage and file, no learning"
+    )
+    sizes = parser.add_argument_group("sizes (unset: the full value, or the smoke value with --smoke)")
+    for name, (kind, text) in SIZES.items():
+        full, smoke = getattr(FULL, name), SMOKE.get(name, getattr(FULL, name))
+        sizes.add_argument(
+            f"--{name}",
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {full}; --smoke: {smoke})",
+        )
+    tuning = parser.add_argument_group("training and sampling")
+    tuning.add_argument(
+        "--mlp_learning_rate", type=float, default=FULL.mlp_learning_rate, help="MLP adapter learning rate"
+    )
+    tuning.add_argument(
+        "--prompt_learning_rate",
+        type=float,
+        default=FULL.prompt_learning_rate,
+        help="prompt adapter learning rate",
+    )
+    tuning.add_argument("--num_layers", type=int, default=FULL.num_layers, help="MLP adapter layers")
+    tuning.add_argument(
+        "--preserve_weight",
+        type=float,
+        default=FULL.preserve_weight,
+        help="--preserve_weight of the two preserving runs",
+    )
+    tuning.add_argument(
+        "--eval_images", type=int, default=FULL.eval_images, help="pictures per evaluation prompt and model"
+    )
+    tuning.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=FULL.guidance_scale,
+        help="classifier-free guidance of every picture (the toy base's own)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=FULL.jobs, help="independent commands run side by side, one thread each"
+    )
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    """The run's configuration: the flags given, else the smoke or full sizes (ValueError if invalid)."""
+    given = {key: value for key, value in vars(args).items() if key != "smoke"}
+    return DemoConfig(**{**(SMOKE if args.smoke else {}), **given})
+
+
+def main(args: argparse.Namespace) -> None:
+    """Build the configuration, run the demo, print the results table."""
+    setup_logging()
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    command = shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0].endswith("run_demo.py") else ""
+    try:
+        results = run_demo(config, command=command)
+    except DemoError as error:
+        sys.exit(f"error: {error}")
+    print()
+    print(format_results(results))
+
+
+if __name__ == "__main__":
+    main(parse_args())

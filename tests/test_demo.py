@@ -1,0 +1,108 @@
+"""The toy demo, run as a user runs it (`python demo/run_demo.py --smoke`) on a tiny base: every artefact."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from altadapter import toy_world
+from altadapter.demo import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
+from altadapter.tiny_models import ModelSize, build_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DEMO = ROOT / "demo" / "run_demo.py"
+
+
+@pytest.fixture(scope="module")
+def toy_sized_base(tmp_path_factory) -> Path:
+    """A random tiny base that knows the toy world's words, with room for 4 prompt vectors + a long caption."""
+    size = ModelSize(model_max_length=64, sample_size=32)
+    return build_model_dir(tmp_path_factory.mktemp("models") / "toy", size, words=toy_world.TOY_VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(toy_sized_base, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    root = tmp_path_factory.mktemp("demo")
+    work, images = root / "out", root / "images"
+    command = [sys.executable, str(RUN_DEMO), "--smoke", "--model_path", str(toy_sized_base)]
+    command += ["--work_dir", str(work), "--images_dir", str(images)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    return done, work, images
+
+
+def test_smoke_demo_writes_every_artefact(smoke_run):
+    done, work, images = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The write-up's grids and table, from the real rendering scripts.
+    steps, count = SMOKE["grid_steps"], SMOKE["grid_images"]
+    for kind in ("mlp", "prompt"):
+        for index in range(SMOKE["grid_prompts"]):
+            stem = f"grid_{index}_with_samples_{count}_with_steps_{steps}"
+            assert (images / kind / f"{stem}.png").is_file()
+            assert (images / kind / f"{stem}_original.png").is_file()
+        assert (images / kind / "render.json").is_file()
+    table = (images / "prompt" / "report.md").read_text(encoding="utf-8")
+    assert "MLP, Prompt and the original side by side" in table
+    paths = DemoPaths(work, images)
+    for name in MODELS:
+        if name != "original":
+            assert paths.adapter(name).is_file()
+    for set_name in PROMPT_SETS:
+        assert (work / "samples" / f"{set_name}.png").is_file()
+    assert (work / "logs" / "train_prompt_preserve.log").is_file()
+
+
+def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_run):
+    done, work, _ = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((work / "results.json").read_text(encoding="utf-8"))
+    assert list(results["models"]) == list(MODELS)
+    for name, model in results["models"].items():
+        for where in ("domain", "base_world"):
+            assert math.isfinite(model["heldout_loss"][where]) and model["heldout_loss"][where] > 0, name
+        assert set(model["accuracy"]) == set(PROMPT_SETS)
+        for scores in model["accuracy"].values():
+            assert scores["n"] == SMOKE["eval_prompts"]
+            for attribute in ("fg", "bg", "shape", "all"):
+                assert 0.0 <= scores[attribute] <= 1.0
+    assert results["chance"]["all"] == pytest.approx(1 / 90)
+    assert set(results["timings_s"]) == {"data", "train", "grids", "evaluate", "total"}
+    assert all(math.isfinite(seconds) for seconds in results["timings_s"].values())
+    # The printed table is results.md, and it names the command that reproduces it.
+    report = (work / "results.md").read_text(encoding="utf-8")
+    assert "| Prompt + preserve |" in report and "--smoke" in report
+    assert "| MLP |" in done.stdout
+    # Every script the README shows was run, and printed as it ran.
+    for script in ("make_toy_domain.py", "meta_file_converter.py", "prompts_generator.py"):
+        assert script in done.stdout
+    for script in ("text_encoder_util_mlp_transfer.py", "text_encoder_util.py", "text_encoder_gen_show.py"):
+        assert script in done.stdout
+
+
+def test_missing_base_says_how_to_build_it(tmp_path):
+    script = runpy.run_path(str(RUN_DEMO), run_name="script_under_test")
+    args = script["parse_args"](["--model_path", str(tmp_path / "nothing"), "--work_dir", str(tmp_path)])
+    with pytest.raises(
+        SystemExit, match=r"no toy base model at .*nothing: build it with `python demo/train_toy_base.py"
+    ):
+        script["main"](args)
+
+
+def test_flags_left_unset_take_the_smoke_or_full_sizes():
+    script = runpy.run_path(str(RUN_DEMO), run_name="script_under_test")
+    config = script["config_from_args"](script["parse_args"](["--smoke", "--max_train_steps", "3"]))
+    assert config.max_train_steps == 3 and config.eval_prompts == SMOKE["eval_prompts"]
+    full = script["config_from_args"](script["parse_args"]([]))
+    assert full == DemoConfig()
+    with pytest.raises(ValueError, match="eval_steps must be at least 1, got 0"):
+        DemoConfig(eval_steps=0)
+    with pytest.raises(ValueError, match="preserve_weight must be a positive number"):
+        DemoConfig(preserve_weight=0.0)
