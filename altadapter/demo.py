@@ -92,6 +92,7 @@ class DemoConfig:
     guidance_scale: float = TOY_BASE.guidance_scale
     loss_images: int = 45  # base-world held-out pictures for the out-of-domain loss
     jobs: int = 2  # commands run side by side
+    device: str = "cpu"  # of the evaluation; the scripts choose their own (accelerate, --device auto)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -389,6 +390,7 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
         loss_seed=config.seed,
         loss_batch_size=config.batch_size,
         jobs=config.jobs,
+        device=config.device,
     )
     paths.samples.mkdir(parents=True, exist_ok=True)
     for set_name, pictures in evaluation.pictures.items():

@@ -152,13 +152,14 @@ def evaluate_models(
     loss_seed: int,
     loss_batch_size: int,
     jobs: int,
+    device: str = "cpu",
 ) -> Evaluation:
     """Render every prompt set with every model and score it; held-out loss on `loss_dir` too.
 
     The work is split into tasks (the loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
     processes, each with this process's threads / jobs threads: small models run faster on one thread
     each, side by side, than on several threads that wait for each other. The numbers do not depend on
-    `jobs`.
+    `jobs`. `device` is where the workers run the models (a GPU makes a quick tuning loop).
     """
     files = {name: str(path) for name, path in adapter_files.items()}
     threads = max(1, torch.get_num_threads() // jobs)
@@ -173,12 +174,15 @@ def evaluate_models(
     ]
     tasks = [_LossTask(str(loss_dir), loss_seed, loss_batch_size), *renders]  # the longest task first
     if jobs == 1:
-        _start_worker(str(model_path), files, threads)
+        _start_worker(str(model_path), files, threads, device)
         outputs = [_run_task(task) for task in tasks]
     else:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_start_worker, initargs=(str(model_path), files, threads)
+            jobs,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(str(model_path), files, threads, device),
         ) as pool:
             outputs = list(pool.map(_run_task, tasks))
     loss, fingerprint = outputs[0]
@@ -199,9 +203,9 @@ def evaluate_models(
 _WORKER: dict = {}  # the base and models one evaluation process loaded, for its tasks
 
 
-def _start_worker(model_path: str, adapter_files: dict[str, str], threads: int) -> None:
+def _start_worker(model_path: str, adapter_files: dict[str, str], threads: int, device: str) -> None:
     torch.set_num_threads(threads)
-    base = load_base(model_path)
+    base = load_base(model_path, device=device)
     _WORKER.update(base=base, models=load_models(base, adapter_files))
 
 

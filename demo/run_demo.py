@@ -100,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--jobs", type=int, default=FULL.jobs, help="independent commands run side by side, one thread each"
     )
+    parser.add_argument(
+        "--device",
+        default=FULL.device,
+        help="torch device of the evaluation (cpu, cuda, ...); the scripts pick theirs (a GPU if there is one)",
+    )
     return parser.parse_args(argv)
 
 

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from altadapter import toy_world
-from altadapter.demo import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
+from altadapter.demo import (
+    MODELS,
+    PROMPT_SETS,
+    SMOKE,
+    Command,
+    DemoConfig,
+    DemoError,
+    DemoPaths,
+    run_commands,
+)
 from altadapter.tiny_models import ModelSize, build_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,3 +115,17 @@ def test_flags_left_unset_take_the_smoke_or_full_sizes():
         DemoConfig(eval_steps=0)
     with pytest.raises(ValueError, match="preserve_weight must be a positive number"):
         DemoConfig(preserve_weight=0.0)
+
+
+def test_commands_run_after_what_they_need_and_a_failure_shows_its_log(tmp_path):
+    marker = tmp_path / "first.txt"
+    first = Command("first", "data", ["-c", f"open({str(marker)!r}, 'w').write('x')"])
+    second = Command(
+        "second", "data", ["-c", f"assert open({str(marker)!r}).read() == 'x'"], after=("first",)
+    )
+    timings = run_commands([second, first], jobs=2, log_dir=tmp_path / "logs", clock=0.0)
+    assert set(timings) == {"first", "second"}
+    assert timings["first"]["end_s"] <= timings["second"]["start_s"]
+    failing = Command("failing", "train", ["-c", "print('the reason'); raise SystemExit(3)"])
+    with pytest.raises(DemoError, match=r"(?s)failed \(exit 3\).*failing\.log.*the reason"):
+        run_commands([failing], jobs=1, log_dir=tmp_path / "logs", clock=0.0)
