@@ -20,11 +20,7 @@ KIND = "prompt"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    render_cli.add_render_args(parser, KIND)
-    return parser.parse_args(argv)
+    return render_cli.build_parser(KIND, __doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -22,6 +22,15 @@ from altadapter.schedulers import SCHEDULERS
 logger = logging.getLogger(__name__)
 
 
+def build_parser(kind: AdapterKind, description: str) -> argparse.ArgumentParser:
+    """The whole flag set of one rendering script."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_render_args(parser, kind)
+    return parser
+
+
 def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
     """Every flag of the rendering script for adapters of `kind`."""
     add_model_args(parser)
