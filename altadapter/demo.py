@@ -416,10 +416,12 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     resolution = model_resolution(model_path)
     commands = run_commands(data_commands(config, paths), jobs=config.jobs, log_dir=paths.logs, clock=clock)
     write_preserve_prompts(config, paths)
-    # Trainings and grids in one queue: a core that finishes one run starts the next that is ready.
-    scripts = [train_command(config, paths, name, resolution) for name in MODELS if name != "original"]
-    scripts[2:2] = grid_commands(config, paths)  # grids before the preserving runs, once their adapter exists
-    commands |= run_commands(scripts, jobs=config.jobs, log_dir=paths.logs, clock=clock)
+    # Trainings and grids in one queue: a core that finishes a command starts the first one that is ready.
+    # This order keeps both cores busy on the toy base (a prompt run takes ~1.25 MLP runs, a grid ~0.4).
+    train = {name: train_command(config, paths, name, resolution) for name in MODELS if name != "original"}
+    render_mlp, render_prompt = grid_commands(config, paths)
+    order = [train["prompt"], train["mlp"], train["prompt_preserve"], render_mlp, train["mlp_preserve"]]
+    commands |= run_commands([*order, render_prompt], jobs=config.jobs, log_dir=paths.logs, clock=clock)
     evaluate_start, cpu_before = _since(clock), _cpu_seconds()
     print("evaluating: held-out losses and attribute accuracy of every model (in this process)", flush=True)
     models, fingerprint = evaluate(config, paths)

@@ -159,7 +159,8 @@ def evaluate_models(
     The work is split into tasks (the loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
     processes, each with this process's threads / jobs threads: small models run faster on one thread
     each, side by side, than on several threads that wait for each other. The numbers do not depend on
-    `jobs`. `device` is where the workers run the models (a GPU makes a quick tuning loop).
+    `jobs`. `device` is where the workers run the models (a GPU makes a quick tuning loop). The workers
+    are spawned: a script that calls this needs the `if __name__ == "__main__":` guard.
     """
     files = {name: str(path) for name, path in adapter_files.items()}
     threads = max(1, torch.get_num_threads() // jobs)
