@@ -11,9 +11,9 @@ Example: python meta_file_converter.py --image_dir IMAGE_DIR --output_dir OUTPUT
 from __future__ import annotations
 
 import argparse
-import sys
 
-from altadapter.convert import ConversionError, convert_dataset
+from altadapter.cli_args import add_verbose_arg, user_errors
+from altadapter.data.convert import convert_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,12 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--strict", action="store_true", help="write nothing and exit 1 if any file would be skipped"
     )
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    add_verbose_arg(parser)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
     """Convert, then print what was converted and what was skipped."""
-    try:
+    with user_errors(args.verbose):
         summary = convert_dataset(
             args.image_dir,
             args.output_dir,
@@ -57,8 +58,6 @@ def main(args: argparse.Namespace) -> None:
             strict=args.strict,
             progress=not args.no_progress,
         )
-    except ConversionError as err:
-        sys.exit(f"error: {err}")
     print(summary.format())
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 
-from altadapter.prompts import WEIGHTINGS, TagVocabulary, sample_prompts, write_prompts
-from altadapter.tags import split_tags
+from altadapter.cli_args import add_verbose_arg, user_errors
+from altadapter.data.prompts import WEIGHTINGS, TagVocabulary, sample_prompts, write_prompts
+from altadapter.data.tags import split_tags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=None, help="random seed; the same seed gives the same prompts"
     )
     parser.add_argument("--top_k", type=int, default=20, help="how many of the most common tags to print")
+    add_verbose_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -60,7 +61,7 @@ def main(args: argparse.Namespace) -> None:
     """Count the tags, print their statistics, sample and write the prompts."""
     # Without --seed, draw one and print it, so a run worth keeping can be repeated.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    try:
+    with user_errors(args.verbose):
         vocab = TagVocabulary.from_data_dir(args.data_dir)
         print(vocab.format_stats(args.top_k))
         pool = vocab.filtered(args.min_count)
@@ -74,8 +75,6 @@ def main(args: argparse.Namespace) -> None:
             prefix=split_tags(args.prefix),
             seed=seed,
         )
-    except ValueError as err:  # DatasetError included: a missing or empty dataset folder
-        sys.exit(f"error: {err}")
     write_prompts(args.out, prompts)
     print(f"wrote {len(prompts)} prompts to {args.out} (seed {seed})")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from altadapter import render_cli
+from altadapter.rendering import cli as render_cli
 
 KIND = "prompt"
 

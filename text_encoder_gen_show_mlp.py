@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from altadapter import render_cli
+from altadapter.rendering import cli as render_cli
 
 KIND = "mlp"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from altadapter.cli_args import setup_logging
-from altadapter.train import train
-from altadapter.train_args import build_parser
+from altadapter.cli_args import setup_logging, user_errors
+from altadapter.training.args import build_parser
+from altadapter.training.loop import train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     setup_logging(args.verbose)
-    train(args, "mlp")
+    with user_errors(args.verbose):
+        train(args, "mlp")
 
 
 if __name__ == "__main__":

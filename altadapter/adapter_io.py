@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 
 import altadapter
 from altadapter.adapters import Adapter, AdapterKind, build_adapter, config_dict
+from altadapter.devices import DTYPES
 from altadapter.fileio import atomic_replace_from, temp_path_beside
 from altadapter.model import BaseInfo
 
 FORMAT = "altadapter/1"
-SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Which script trains and which renders each kind, for errors that send a user to the right one.
 SCRIPTS: dict[str, tuple[str, str]] = {
     "mlp": ("text_encoder_util_mlp_transfer.py", "text_encoder_gen_show_mlp.py"),
@@ -101,7 +101,7 @@ def save_adapter(
 ) -> Path:
     """Write `adapter` atomically as `.safetensors` (fp32, or fp16/bf16 at half the size)."""
     path = Path(path)
-    dtype = SAVE_DTYPES[save_dtype]
+    dtype = DTYPES[save_dtype]
     tensors = {
         name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in adapter.state_dict().items()
     }

@@ -1,7 +1,8 @@
 """The two adapters: an MLP after the text encoder and learned prompt vectors before it.
 
 Both are small `nn.Module`s built from a validated config dataclass; neither loads anything itself.
-`encoding.encode_text` is where they meet the frozen encoder.
+They meet the frozen encoder in `encoding`: `encode_tokens` splices prompt vectors into its input after
+`<s>`, `apply_mlp` runs the MLP over its output; `encode_text` picks the path for either kind.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class MLPAdapter(nn.Module):
 
 
 class PromptAdapter(nn.Module):
-    """`num_prompts` learned input vectors, (P, H); `encoding.encode_text` places them after `<s>`."""
+    """`num_prompts` learned input vectors, (P, H); `encoding.encode_tokens` splices them in after `<s>`."""
 
     kind: ClassVar[AdapterKind] = "prompt"
 

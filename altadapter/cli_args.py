@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
 
 DEFAULT_MODEL = "BAAI/AltDiffusion-m9"
+
+
+class UserError(Exception):
+    """A mistake the user fixes from the message alone: a flag, a file, a folder, a model path."""
+
+
+@contextlib.contextmanager
+def user_errors(verbose: bool = False) -> Iterator[None]:
+    """Show a user's mistake as one `error: ...` line on stderr and exit 2, as argparse does for bad flags.
+
+    ValueError counts as such a mistake (a bad value, a bad file); --verbose keeps the traceback instead.
+    """
+    try:
+        yield
+    except (ValueError, UserError) as error:
+        if verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +35,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("base model")
     group.add_argument(
         "--model_path",
+        "--pretrained_model_name_or_path",
         default=DEFAULT_MODEL,
         help="hub id or local diffusers folder of an AltDiffusion-family model (AltDiffusion, -m9, -m18)",
     )
@@ -20,6 +43,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--allow_other_base",
         action="store_true",
         help="use an adapter even if its recorded base fingerprint differs from this base's weights",
+    )
+
+
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    """--verbose: library INFO logs, and a traceback with an error."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="show library INFO logs, and a traceback with an error"
     )
 
 

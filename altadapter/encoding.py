@@ -64,6 +64,11 @@ def tokenize(
     return tokens.input_ids, tokens.attention_mask
 
 
+def xlmr_position_ids(attention_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Position ids as XLM-R counts them: pad_id + 1, + 2, ... over the mask's ones, pad_id elsewhere: (B, T)."""
+    return (torch.cumsum(attention_mask, dim=1) * attention_mask + pad_id).long()
+
+
 def encode_tokens(
     base: AltDiffusionBase,
     input_ids: torch.Tensor,
@@ -85,12 +90,11 @@ def encode_tokens(
     mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
     # XLM-R numbers real tokens from pad_id + 1 and gives padding pad_id; it would number inputs_embeds
     # blindly 0..L, so pass the positions it would have computed for token ids.
-    pad_id = encoder.config.pad_token_id
-    position_ids = torch.cumsum(mask, dim=1) * mask + pad_id
+    position_ids = xlmr_position_ids(mask, encoder.config.pad_token_id)
     outputs = encoder(
         inputs_embeds=inputs_embeds,
         attention_mask=mask if use_mask else None,
-        position_ids=position_ids.long(),
+        position_ids=position_ids,
         return_dict=True,
     )
     return outputs[0].to(encoder.dtype)

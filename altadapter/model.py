@@ -21,15 +21,17 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
 )
 from transformers import XLMRobertaTokenizer
 
+from altadapter.cli_args import UserError
+from altadapter.devices import DTYPES, vae_scale_factor
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_ENCODER_CLASS = "RobertaSeriesModelWithTransformation"
 # What a diffusers folder of the family needs; `snapshot_download` fetches only these.
 MODEL_FILES = ["model_index.json", "tokenizer/*", "text_encoder/*", "unet/*", "vae/*", "scheduler/*"]
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(UserError):
     """The base model cannot be found or is not an AltDiffusion-family model."""
 
 
@@ -68,6 +70,10 @@ class AltDiffusionBase:
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return vae_scale_factor(self.vae.config.block_out_channels)
 
     def noise_scheduler(self) -> DDPMScheduler:
         """The training-time noise schedule (DDPM over the model's betas, as diffusers' training examples)."""

@@ -22,9 +22,11 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
 )
 from transformers import XLMRobertaTokenizer
 
+from altadapter.devices import vae_scale_factor
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-# The m9 scheduler: scheduler_config.json says DDIM while model_index.json says PNDM (see DESIGN.md).
+# The m9 scheduler: its scheduler_config.json says DDIM, while its model_index.json names PNDM.
 SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -93,8 +95,8 @@ class ModelSize:
     extra_words: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_channels) - 1)
+    def latent_size(self) -> int:
+        return self.sample_size // vae_scale_factor(self.vae_channels)
 
 
 PRESETS: dict[str, ModelSize] = {
@@ -157,7 +159,7 @@ def build_unet(size: ModelSize) -> UNet2DConditionModel:
     """An SD 1.x-layout UNet (cross-attention in all but the deepest block) conditioned on `project_dim`."""
     depth = len(size.unet_channels)
     return UNet2DConditionModel(
-        sample_size=size.sample_size // size.vae_scale_factor,
+        sample_size=size.latent_size,
         in_channels=size.latent_channels,
         out_channels=size.latent_channels,
         block_out_channels=size.unet_channels,

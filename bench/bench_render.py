@@ -30,10 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from altadapter.adapters import PromptAdapter, PromptConfig
+from altadapter.devices import DTYPES
 from altadapter.encoding import encode_prompt_pair
-from altadapter.model import DTYPES, load_base, make_pipeline
-from altadapter.render import RenderSettings, default_size, image_seed, render_comparison
-from altadapter.schedulers import SCHEDULERS, make_scheduler
+from altadapter.model import load_base, make_pipeline
+from altadapter.rendering.sampler import RenderSettings, default_size, image_seed, render_comparison
+from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
 from altadapter.tiny_models import PRESETS, build_model_dir
 
 PROMPT = "1girl, solo, long hair, red dress, smile, simple background, hat"

@@ -5,7 +5,7 @@
 
 naive:     what the write-up did: VAE encode and text encoder forward every step, fp32.
 optimised: this project's step: cached latents (and, for the MLP, cached encoder outputs), the base in
-           --dtype, SDPA attention: `altadapter.conditioning.Conditioner` + `altadapter.train.diffusion_loss`.
+           --dtype, SDPA attention: `altadapter.training.conditioning.Conditioner` + `altadapter.training.losses.diffusion_loss`.
 floor:     the irreducible part: UNet forward + backward to its conditioning input on precomputed inputs
            (plus, for the prompt adapter, the encoder forward + backward).
 Numbers, not pass/fail: prints ms/step, the ratios and peak memory, and writes JSON with --out.
@@ -30,13 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
-from altadapter.caches import LatentCache
-from altadapter.conditioning import Conditioner
+from altadapter.data.records import Record
+from altadapter.devices import DTYPES
 from altadapter.encoding import apply_mlp, encode_tokens, text_token_budget, tokenize
-from altadapter.model import DTYPES, AltDiffusionBase, load_base
-from altadapter.records import Record
+from altadapter.model import AltDiffusionBase, load_base
 from altadapter.tiny_models import PRESETS, build_model_dir
-from altadapter.train import diffusion_loss
+from altadapter.training.caches import LatentCache
+from altadapter.training.conditioning import Conditioner
+from altadapter.training.losses import diffusion_loss
 
 CAPTION = "1girl, solo, long hair, red dress, smile, simple background, looking at viewer, hat"
 
@@ -95,7 +96,7 @@ def make_adapter(kind: str, base: AltDiffusionBase, num_prompts: int) -> torch.n
     if kind == "mlp":
         return MLPAdapter(MLPConfig(dim=base.info.project_dim)).to(base.device)
     config = PromptConfig(dim=base.info.hidden_size, num_prompts=num_prompts)
-    return PromptAdapter(config, torch.randn(num_prompts, base.info.hidden_size) * 0.02).to(base.device)
+    return PromptAdapter(config).to(base.device)
 
 
 def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dict[str, Callable[[], None]]:
@@ -144,7 +145,7 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
     def optimised() -> None:
         generator = torch.Generator().manual_seed(0)
         latents = cache.sample(indices, flips, generator).to(device, base.dtype)
-        conditioning, _ = conditioner.tuned_with_preservation(captions, None)
+        conditioning, _ = conditioner.tuned(adapter, captions)
         finish(diffusion_loss(base, noise_scheduler, conditioning, latents, *random_inputs(latents)))
 
     fixed_latents = cache.mean(indices).to(device, base.dtype)

@@ -3,7 +3,7 @@
 The domain draws the toy base's own world (coloured shapes on coloured backgrounds) but names it with words
 the base never saw: Arknights names, each fixing one attribute (exusiai: a red shape, iberia: a blue
 background, originium: a triangle, ...), among filler tags with no visual meaning (long hair), after the
-prefix "1girl, solo"; see DOMAIN_TAGS in altadapter/toy_world.py.
+prefix "1girl, solo"; see DOMAIN_TAGS in altadapter/world.py.
 
 Writes into --output_dir: train/ and heldout/ (NNNNN.png + NNNNN.txt with comma-separated tags, and
 attributes.json); domain_prompts_short.txt (4 tags after the prefix, the write-up's short prompts);
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
-from altadapter import toy_world
+from altadapter.toy import captions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     """Write the dataset and the prompt lists; print where."""
-    folders = toy_world.make_domain_dataset(
+    folders = captions.make_domain_dataset(
         args.output_dir, args.num_train, args.num_heldout, args.seed, size=args.size
     )
-    prompt_files = toy_world.write_prompt_lists(args.output_dir, args.num_prompts, seed=args.seed + 100)
+    prompt_files = captions.write_prompt_lists(args.output_dir, args.num_prompts, seed=args.seed + 100)
     print(f"wrote {args.num_train} training images to {folders['train']}")
     print(f"wrote {args.num_heldout} held-out images to {folders['heldout']}")
     for path in prompt_files.values():

@@ -24,8 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
 from altadapter.cli_args import setup_logging
-from altadapter.demo import SMOKE, DemoConfig, DemoError, run_demo
-from altadapter.demo_results import format_results
+from altadapter.toy.commands import DemoError
+from altadapter.toy.demo import run_demo
+from altadapter.toy.demo_config import SMOKE, DemoConfig
+from altadapter.toy.results import format_results
 
 FULL = DemoConfig()
 

@@ -1,30 +1,32 @@
 """Train the demo's toy AltDiffusion base from scratch on the toy world, save it, and check what it draws.
 
 The toy world is coloured shapes on coloured backgrounds described in plain words ("a red circle on a blue
-background"); see altadapter/toy_world.py. First a VAE, then text encoder + UNet together (epsilon
-prediction, m9's DDPM schedule, 10% empty captions). The model is saved in the AltDiffusion folder layout
-with fp16 weights, reloaded with load_base, sampled with the stock pipeline (DDIM) on --eval_prompts
-base-world prompts, and the pictures are read by the toy world's classifier. Progress goes to stderr; the
-model folder gets training_report.json (steps, losses, timings, accuracies) and samples.png.
+background"); see altadapter/toy/. Three phases: a VAE; the text encoder, taught the world's words and then
+frozen (as AltDiffusion's encoder was trained before its UNet); the UNet on the encoder's cached outputs
+(epsilon prediction, m9's DDPM schedule, 10% empty captions). The model is saved in the AltDiffusion folder
+layout with fp16 weights, reloaded with load_base, sampled with the stock pipeline (DDIM) on every base-world
+caption template for every attribute combination, and the pictures are read by the toy world's classifier.
+Progress (loss, steps/s, time left, conditioning signals) goes to stderr; the model folder gets
+training_report.json (the command, steps, curves, accuracies per template) and samples.png.
 
-Training stops at --unet_steps or --time_budget_s, whichever comes first; the learning rate follows
-whichever is nearer its end. The defaults fit one H100 (about four minutes in all, bf16 autocast). On a
-CPU (slowly; OMP_NUM_THREADS=1 when other jobs share its cores), for example:
-python demo/train_toy_base.py --device cpu --batch_size 32 --pool_size 20000 --time_budget_s 3600.
---eval_only scores a saved model again, on any device, and updates its report.
+The defaults train on 2 CPU cores (OMP_NUM_THREADS=2) within --time_budget_s, about 40 minutes in all;
+a GPU (--device auto finds one) takes a few. --eval_only scores a saved model again and updates its report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
-from altadapter.cli_args import setup_logging
-from altadapter.toy_training import REPORT_FILE, ToyBaseConfig, reevaluate_toy_base, train_toy_base
+from altadapter.cli_args import add_verbose_arg, setup_logging, user_errors
+from altadapter.toy.base_config import REPORT_FILE, ToyBaseConfig
+from altadapter.toy.base_eval import reevaluate_toy_base
+from altadapter.toy.base_training import train_toy_base
 
 DEFAULTS = ToyBaseConfig()
 
@@ -43,86 +45,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--time_budget_s",
         type=float,
         default=DEFAULTS.time_budget_s,
-        help="seconds for both training phases together; rendering, saving and evaluation come on top",
+        help="seconds for the three training phases together; the UNet gets what the others leave",
     )
-    parser.add_argument(
-        "--vae_share",
-        type=float,
-        default=DEFAULTS.vae_share,
-        help="the most of --time_budget_s the VAE may take (it stops earlier at --vae_steps)",
-    )
-    parser.add_argument("--vae_steps", type=int, default=DEFAULTS.vae_steps, help="most VAE training steps")
-    parser.add_argument(
-        "--unet_steps", type=int, default=DEFAULTS.unet_steps, help="most text encoder + UNet training steps"
-    )
-    parser.add_argument(
-        "--batch_size", type=int, default=DEFAULTS.batch_size, help="text encoder + UNet batch size"
-    )
-    parser.add_argument("--vae_batch_size", type=int, default=DEFAULTS.vae_batch_size, help="VAE batch size")
-    parser.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of text encoder + UNet"
-    )
-    parser.add_argument(
-        "--pool_size", type=int, default=DEFAULTS.pool_size, help="scenes rendered and VAE-encoded up front"
-    )
-    parser.add_argument(
-        "--eval_prompts",
-        type=int,
-        default=DEFAULTS.eval_prompts,
-        help="base-world prompts rendered at the end",
-    )
-    parser.add_argument(
-        "--eval_steps", type=int, default=DEFAULTS.eval_steps, help="DDIM steps per evaluation picture"
-    )
+    for name, help_text in (
+        ("vae_steps", "most VAE steps (or 30%% of the budget)"),
+        ("text_steps", "most text-encoder steps (or 10%% of the budget)"),
+        (
+            "unet_steps",
+            "most UNet steps; the learning rate follows steps or seconds, whichever runs out first",
+        ),
+        ("batch_size", "UNet batch size"),
+        ("vae_batch_size", "VAE batch size"),
+        ("text_batch_size", "text-encoder batch size"),
+        ("pool_size", "scenes rendered and VAE-encoded up front"),
+        ("eval_combos", "attribute combinations rendered with every caption template at the end (90 = all)"),
+        ("eval_steps", "DDIM steps per evaluation picture"),
+        ("round_trip_scenes", "fresh scenes encoded and decoded by the saved VAE"),
+        ("log_every", "steps between progress lines"),
+    ):
+        parser.add_argument(f"--{name}", type=int, default=getattr(DEFAULTS, name), help=help_text)
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the UNet")
     parser.add_argument(
         "--guidance_scale", type=float, default=DEFAULTS.guidance_scale, help="classifier-free guidance scale"
     )
     parser.add_argument(
-        "--round_trip_scenes",
-        type=int,
-        default=DEFAULTS.round_trip_scenes,
-        help="fresh scenes encoded and decoded by the saved VAE, for its MSE and attribute accuracy",
-    )
-    parser.add_argument(
-        "--log_every", type=int, default=DEFAULTS.log_every, help="steps between progress lines"
+        "--vae_from",
+        default=DEFAULTS.vae_from,
+        help="reuse the VAE of this toy base folder instead of training one",
     )
     parser.add_argument(
         "--eval_only",
         action="store_true",
         help="train nothing: evaluate the model already in --output_dir again and update its report",
     )
-    parser.add_argument("--verbose", action="store_true", help="show diffusers/transformers INFO logs too")
+    add_verbose_arg(parser)
     return parser.parse_args(argv)
+
+
+CONFIG_FLAGS = (
+    "seed",
+    "time_budget_s",
+    "vae_steps",
+    "text_steps",
+    "unet_steps",
+    "batch_size",
+    "vae_batch_size",
+    "text_batch_size",
+    "pool_size",
+    "eval_combos",
+    "eval_steps",
+    "round_trip_scenes",
+    "log_every",
+    "lr",
+    "guidance_scale",
+    "vae_from",
+    "device",
+)
 
 
 def main(args: argparse.Namespace) -> None:
     """Train, save, evaluate; print the accuracy on base-world prompts."""
     setup_logging(args.verbose)
-    try:
-        config = ToyBaseConfig(
-            seed=args.seed,
-            time_budget_s=args.time_budget_s,
-            vae_share=args.vae_share,
-            vae_steps=args.vae_steps,
-            unet_steps=args.unet_steps,
-            batch_size=args.batch_size,
-            vae_batch_size=args.vae_batch_size,
-            lr=args.lr,
-            pool_size=args.pool_size,
-            eval_prompts=args.eval_prompts,
-            eval_steps=args.eval_steps,
-            guidance_scale=args.guidance_scale,
-            round_trip_scenes=args.round_trip_scenes,
-            log_every=args.log_every,
-            device=args.device,
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    with user_errors(args.verbose):
+        config = ToyBaseConfig(**{name: getattr(args, name) for name in CONFIG_FLAGS})
     if args.eval_only:
         report = reevaluate_toy_base(args.output_dir, config)
     else:
-        report = train_toy_base(config, args.output_dir)
+        report = train_toy_base(config, args.output_dir, command=shlex.join(["python", *sys.argv]))
     accuracy = report["base_world_accuracy"]
     summary = {
         "output_dir": str(Path(args.output_dir)),
@@ -133,6 +122,7 @@ def main(args: argparse.Namespace) -> None:
         "vae_round_trip_mse": round(report["vae_round_trip"]["mse"], 4),
         "accuracy": {name: round(accuracy[name], 3) for name in ("fg", "bg", "shape", "all")},
         "chance": {name: round(value, 3) for name, value in accuracy["chance"].items()},
+        "all_three_per_template": {t: round(v["all"], 3) for t, v in report["per_template"].items()},
         "seconds_total": report.get("seconds_total"),
     }
     print(json.dumps(summary, indent=2))

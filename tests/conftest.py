@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_model_dir: Path) -> AltDiffusionBase:
     return load_base(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_script():
+    """Import a script of demo/ by name (they are scripts, not a package)."""
+
+    def load(name: str):
+        folder = str(Path(__file__).resolve().parents[1] / "demo")
+        sys.path.insert(0, folder)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(folder)
+
+    return load

@@ -6,12 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # a pinned dev dependency: a missing install must fail, not skip
 import pytest
 from PIL import Image
 
-from altadapter import convert
-from altadapter.convert import ConversionError, convert_dataset
-from altadapter.records import scan_dataset
+from altadapter.data import convert
+from altadapter.data.convert import ConversionError, convert_dataset
+from altadapter.data.records import scan_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +160,6 @@ def test_converted_dataset_is_readable_by_the_training_reader(messy, tmp_path):
 def test_output_loads_with_datasets_imagefolder(messy, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    datasets = pytest.importorskip("datasets")
     convert_dataset(messy, tmp_path / "out", progress=False)
     loaded = datasets.load_dataset(
         "imagefolder", data_dir=str(tmp_path / "out"), split="train", cache_dir=str(tmp_path / "hf_cache")
@@ -294,6 +294,6 @@ def test_script_end_to_end(messy, tmp_path):
         cwd=tmp_path,
         check=False,
     )
-    assert strict.returncode == 1
+    assert strict.returncode == 2
     assert "error: --strict" in strict.stderr
     assert not (tmp_path / "strict").exists()

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from altadapter import toy_world
-from altadapter.demo import (
-    MODELS,
-    PROMPT_SETS,
-    SMOKE,
-    Command,
-    DemoConfig,
-    DemoError,
-    DemoPaths,
-    run_commands,
-)
 from altadapter.tiny_models import ModelSize, build_model_dir
+from altadapter.toy import captions
+from altadapter.toy.commands import Command, DemoError, run_commands
+from altadapter.toy.demo_config import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DEMO = ROOT / "demo" / "run_demo.py"
@@ -33,7 +25,7 @@ RUN_DEMO = ROOT / "demo" / "run_demo.py"
 def toy_sized_base(tmp_path_factory) -> Path:
     """A random tiny base that knows the toy world's words, with room for 4 prompt vectors + a long caption."""
     size = ModelSize(model_max_length=64, sample_size=32)
-    return build_model_dir(tmp_path_factory.mktemp("models") / "toy", size, words=toy_world.TOY_VOCABULARY)
+    return build_model_dir(tmp_path_factory.mktemp("models") / "toy", size, words=captions.TOY_VOCABULARY)
 
 
 @pytest.fixture(scope="module")

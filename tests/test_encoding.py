@@ -89,7 +89,7 @@ def test_long_prompt_is_truncated_with_a_warning_naming_it(tiny_base, caplog):
     with caplog.at_level(logging.WARNING, logger="altadapter.encoding"):
         conditioning = encode_text(tiny_base, [long_prompt])
     assert conditioning.shape[1] == tiny_base.info.model_max_length
-    assert "prompt truncated to 32 of its" in caplog.text
+    assert f"prompt truncated to {tiny_base.info.model_max_length} of its" in caplog.text
     assert "red hair, red hair" in caplog.text
 
 

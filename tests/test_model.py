@@ -21,11 +21,13 @@ from altadapter.tiny_models import PRESETS, build_model_dir, read_published_conf
 
 def test_loads_tiny_m9_folder(tiny_base):
     assert isinstance(tiny_base.text_encoder, RobertaSeriesModelWithTransformation)
-    assert tiny_base.info.project_dim == tiny_base.unet.config.cross_attention_dim == 24
-    assert tiny_base.info.hidden_size == 32
-    assert tiny_base.info.model_max_length == 32
-    # XLM-R keeps positions 0..pad_id for padding: 34 position embeddings leave 32, as m9's 514 leave 512.
-    assert tiny_base.info.max_text_positions == 32
+    size = PRESETS["tiny"]
+    assert tiny_base.info.project_dim == tiny_base.unet.config.cross_attention_dim == size.project_dim
+    assert tiny_base.info.hidden_size == size.hidden_size
+    assert tiny_base.info.model_max_length == size.model_max_length
+    # XLM-R keeps positions 0..pad_id for padding: N + 2 position embeddings leave N, as m9's 514 leave 512.
+    assert tiny_base.text_encoder.config.max_position_embeddings == size.model_max_length + 2
+    assert tiny_base.info.max_text_positions == size.model_max_length
 
 
 def test_loaded_base_is_frozen(tiny_base):

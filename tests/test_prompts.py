@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from altadapter.prompts import TagVocabulary, sample_prompts, write_prompts
-from altadapter.tags import split_tags
+from altadapter.data.prompts import TagVocabulary, sample_prompts, write_prompts
+from altadapter.data.tags import split_tags
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = [

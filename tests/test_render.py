@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from altadapter import report
 from altadapter.adapter_io import AdapterMetadata
 from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.data.prompts import read_prompts
 from altadapter.encoding import conditioning_length
-from altadapter.grids import labelled_rows
 from altadapter.model import make_pipeline
-from altadapter.prompts import read_prompts
-from altadapter.render import (
+from altadapter.rendering import report
+from altadapter.rendering.grids import labelled_rows
+from altadapter.rendering.sampler import (
     RenderSettings,
     comparison_rows,
     default_size,
@@ -27,7 +27,7 @@ from altadapter.render import (
     render_rows,
     save_comparison,
 )
-from altadapter.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
 
 PROMPTS = ["1girl, solo, red hair", "a cat on a blue house"]
 # DDIM gives usable pixels in 3 steps; PNDM needs 10 to get past its Runge-Kutta warm-up.
@@ -155,7 +155,8 @@ def test_save_comparison_writes_the_write_up_file_names(rendered, tmp_path):
     assert "compare_1_with_samples_2_with_steps_3.png" in names
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary files left behind
     with Image.open(tmp_path / "compare_0_with_samples_2_with_steps_3.png") as compare:
-        assert compare.height == 3 * 32 and compare.width > 2 * 32  # 2 scales + original, label column
+        side = FAST.height
+        assert compare.height == 3 * side and compare.width > 2 * side  # 2 scales + original, label column
 
 
 def test_labelled_rows_draw_each_label_left_of_its_row():
@@ -171,7 +172,7 @@ def test_labelled_rows_draw_each_label_left_of_its_row():
 def test_settings_fail_fast_naming_the_field():
     with pytest.raises(ValueError, match="num_images must be at least 1"):
         RenderSettings(num_images=0)
-    with pytest.raises(ValueError, match="height must be a positive multiple of 8"):
+    with pytest.raises(ValueError, match="height 30: must be a positive multiple of 8"):
         RenderSettings(height=30)
     with pytest.raises(ValueError, match="scales must be distinct"):
         RenderSettings(scales=(1.0, 1.0))

@@ -18,7 +18,7 @@ from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImag
 
 from altadapter.adapter_io import save_adapter
 from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
-from altadapter.clip_score import ClipScorer
+from altadapter.rendering.clip_score import ClipScorer
 from altadapter.tiny_models import BASIC_WORDS, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +99,14 @@ def prompt_run(tiny_model_dir, files, tmp_path_factory) -> tuple[Path, subproces
     return output_dir, done
 
 
-def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(prompt_run):
+def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(prompt_run, tiny_base):
     output_dir, done = prompt_run
+    side = tiny_base.unet.config.sample_size * tiny_base.vae_scale_factor  # the model's own picture size
     assert done.returncode == 0, done.stderr
     for index in (0, 1):
         for suffix in ("", "_original"):
             with Image.open(output_dir / f"grid_{index}_with_samples_2_with_steps_2{suffix}.png") as grid:
-                assert grid.size == (2 * 32, 32)
+                assert grid.size == (2 * side, side)
         assert (output_dir / f"compare_{index}_with_samples_2_with_steps_2.png").is_file()
     report = (output_dir / "report.md").read_text(encoding="utf-8")
     assert "| index | prompt | tuned | original | side by side | CLIP tuned | CLIP original |" in report

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from altadapter.tags import TagFileError, find_tagged_images, join_tags, read_tag_file, split_tags
+from altadapter.data.tags import TagFileError, find_tagged_images, join_tags, read_tag_file, split_tags
 
 # The beginning and the end of the write-up's prompt #4, which switches to full-width commas mid-prompt.
 WRITEUP_PROMPT_4 = (

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,11 +23,11 @@ from safetensors.torch import load_file
 
 import text_encoder_util
 import text_encoder_util_mlp_transfer
-from altadapter import train as train_module
 from altadapter.adapter_io import read_adapter_file
-from altadapter.checkpoints import CheckpointError
 from altadapter.tiny_models import PRESETS, build_model_dir
-from altadapter.train import batch_indices, train
+from altadapter.training import loop as train_module
+from altadapter.training.checkpoints import CheckpointError
+from altadapter.training.loop import batch_indices, train
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
@@ -224,6 +225,13 @@ def test_killed_run_resumes_to_the_same_adapter_bit_for_bit(dataset, tiny_model_
         assert torch.equal(adapter_tensors(resumed)[name], tensor), name
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, so two test runs on one machine never meet at a fixed port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_dir, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [
@@ -233,7 +241,7 @@ def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_d
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(free_port()),
     ]
     command += [str(REPO / "text_encoder_util.py"), *run_args("prompt", dataset, tiny_model_dir, tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)

@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from altadapter.fileio import atomic_replace_from, atomic_write, temp_path_beside
-from altadapter.records import METADATA_FILE, open_rgb
-from altadapter.tags import (
+from altadapter.cli_args import UserError
+from altadapter.data.records import METADATA_FILE, open_rgb
+from altadapter.data.tags import (
     IMAGE_EXTENSIONS,
     TagFileError,
     TaggedImage,
@@ -28,11 +28,12 @@ from altadapter.tags import (
     join_tags,
     read_tag_file,
 )
+from altadapter.fileio import atomic_replace_from, atomic_write, temp_path_beside
 
 EXAMPLES_PER_REASON = 3
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError):
     """A run that must not go ahead: nothing to convert, overlapping folders, a skip under --strict."""
 
 

@@ -21,11 +21,11 @@ from altadapter.adapters import (
     PromptConfig,
     prompt_init_from_text,
 )
-from altadapter.caches import build_text_cache
+from altadapter.data.prompts import TagVocabulary
 from altadapter.encoding import apply_mlp, encode_tokens, text_token_budget, tokenize
 from altadapter.model import AltDiffusionBase
-from altadapter.preserve import preservation_loss, read_preserve_prompts
-from altadapter.prompts import TagVocabulary
+from altadapter.training.caches import build_text_cache
+from altadapter.training.preserve import preservation_loss, read_preserve_prompts
 
 INIT_TAGS = 32  # most frequent dataset tags used as the default --init_text
 
@@ -44,7 +44,7 @@ def build_training_adapter(
         )
     config = PromptConfig(dim=base.info.hidden_size, num_prompts=args.num_prompts)
     if args.random_init:
-        return PromptAdapter(config, torch.randn(args.num_prompts, base.info.hidden_size) * 0.02)
+        return PromptAdapter(config)  # random, at the scale of XLM-R word embeddings
     text = args.init_text or ", ".join(
         tag for tag, _ in TagVocabulary.from_captions(captions).ranked()[:INIT_TAGS]
     )
@@ -59,7 +59,11 @@ def build_training_adapter(
 
 
 class Conditioner:
-    """Conditioning for training captions, original or tuned, plus the preservation penalty's batch."""
+    """Conditioning for training captions, original or through an adapter, plus the preservation penalty.
+
+    The adapter module is passed to each call rather than kept: in training it is the accelerate-prepared
+    (possibly DDP-wrapped) one. `adapter` at construction only sizes the token budget of prompt vectors.
+    """
 
     def __init__(
         self,
@@ -73,8 +77,6 @@ class Conditioner:
     ) -> None:
         self.kind = kind
         self.base = base
-        # Replaced by the accelerate-prepared (possibly DDP-wrapped) module before training.
-        self.adapter: torch.nn.Module = adapter
         self.num_prompts = adapter.config.num_prompts if kind == "prompt" else 0
         self.preserve_batch = args.preserve_batch_size if args.preserve_weight > 0 else 0
         self.preserve_prompts = read_preserve_prompts(args.preserve_prompts) if self.preserve_batch else []
@@ -98,19 +100,17 @@ class Conditioner:
         """Cached original conditioning (B, L, D) of captions, on the base's device."""
         return torch.stack([self.originals[c] for c in captions]).to(self.base.device)
 
-    def __call__(self, captions: Sequence[str], *, tuned: bool) -> torch.Tensor:
-        """Conditioning (B, L, D) for captions, through the adapter or as the original model has it."""
-        if tuned:
-            return self.tuned_with_preservation(captions, None)[0]
+    def original(self, captions: Sequence[str]) -> torch.Tensor:
+        """Conditioning (B, L, D) of captions as the original model has it."""
         if self.kind == "mlp":
             return self.stack_originals(captions)
         ids, mask = tokenize(self.base, captions, self.base.info.model_max_length, warn=False)
         return encode_tokens(self.base, ids, mask)
 
-    def tuned_with_preservation(
-        self, captions: Sequence[str], generator: torch.Generator | None
+    def tuned(
+        self, adapter: torch.nn.Module, captions: Sequence[str], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Tuned conditioning for captions and, given a generator, the preservation penalty.
+        """Conditioning of captions through `adapter` and, given a generator, the preservation penalty.
 
         Captions and general prompts go through the adapter in one call: a DDP-wrapped adapter must run
         forward once per backward.
@@ -121,10 +121,10 @@ class Conditioner:
             chosen = [self.preserve_prompts[i] for i in order.tolist()]
         batch = [*captions, *chosen]
         if self.kind == "mlp":
-            tuned = apply_mlp(self.adapter, self.stack_originals(batch))
+            tuned = apply_mlp(adapter, self.stack_originals(batch))
         else:
             ids, mask = self.stack_tokens(batch)
-            tuned = encode_tokens(self.base, ids, mask, self.adapter)
+            tuned = encode_tokens(self.base, ids, mask, adapter)
         if not chosen:
             return tuned, None
         penalty = preservation_loss(self.stack_originals(chosen), tuned[len(captions) :], self.num_prompts)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from altadapter.cli_args import add_model_args
+from altadapter.cli_args import add_model_args, add_verbose_arg
+from altadapter.data.images import check_resolution
 
 
 def add_train_args(
@@ -20,6 +21,7 @@ def add_train_args(
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data_dir",
+        "--train_data_dir",
         required=True,
         help="dataset folder from meta_file_converter.py (metadata.jsonl), or a folder of images + tag .txt",
     )
@@ -42,7 +44,9 @@ def add_train_args(
     data.add_argument("--validation_dir", default=None, help="a separate held-out dataset folder")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--ckpt_dir", default="runs", help="parent folder; the run writes into CKPT_DIR/NAME/")
+    out.add_argument(
+        "--ckpt_dir", "--output_dir", default="runs", help="parent folder; the run writes into CKPT_DIR/NAME/"
+    )
     out.add_argument("--name", default=default_name, help="run name: folder and adapter file name")
     out.add_argument(
         "--save_dtype",
@@ -71,7 +75,9 @@ def add_train_args(
     )
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=int, default=4, help="images per step per process")
+    optim.add_argument(
+        "--batch_size", "--train_batch_size", type=int, default=4, help="images per step per process"
+    )
     optim.add_argument("--max_train_steps", type=int, default=1000, help="optimizer steps to train")
     optim.add_argument(
         "--learning_rate", type=float, default=default_learning_rate, help="peak AdamW learning rate"
@@ -151,7 +157,7 @@ def add_train_args(
     keep.add_argument(
         "--preserve_batch_size", type=int, default=4, help="general prompts per step for the penalty"
     )
-    parser.add_argument("--verbose", action="store_true", help="show library INFO logs")
+    add_verbose_arg(parser)
 
 
 def add_mlp_args(parser: argparse.ArgumentParser) -> None:
@@ -205,10 +211,7 @@ def build_parser(kind: str, description: str) -> argparse.ArgumentParser:
 
 def check_train_args(args: argparse.Namespace) -> None:
     """Raise ValueError for a configuration that cannot work, before anything heavy is loaded."""
-    if args.resolution <= 0 or args.resolution % 8:
-        raise ValueError(
-            f"--resolution {args.resolution}: must be a positive multiple of 8 (VAE downsampling)"
-        )
+    check_resolution(args.resolution, "--resolution")
     if not Path(args.data_dir).is_dir():
         raise ValueError(f"--data_dir {args.data_dir}: no such folder; run meta_file_converter.py first")
     if args.validation_dir is not None and not Path(args.validation_dir).is_dir():

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from altadapter import report
 from altadapter.adapter_io import SCRIPTS, load_adapter, read_adapter_file
 from altadapter.adapters import AdapterKind
-from altadapter.cli_args import add_model_args, setup_logging
-from altadapter.clip_score import ClipScorer, prompt_scores
-from altadapter.model import DTYPES, BaseModelError, load_base
-from altadapter.prompts import read_prompts
-from altadapter.render import RenderSettings, render_comparison, save_comparison
-from altadapter.schedulers import SCHEDULERS
+from altadapter.cli_args import add_model_args, add_verbose_arg, setup_logging, user_errors
+from altadapter.data.prompts import read_prompts
+from altadapter.devices import DTYPES, dtype_name, resolve_device, resolve_dtype
+from altadapter.model import load_base
+from altadapter.rendering import report
+from altadapter.rendering.clip_score import ClipScorer, prompt_scores
+from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
+from altadapter.rendering.schedulers import SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +33,7 @@ def build_parser(kind: AdapterKind, description: str) -> argparse.ArgumentParser
 def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
     """Every flag of the rendering script for adapters of `kind`."""
     add_model_args(parser)
+    add_verbose_arg(parser)
     inputs = parser.add_argument_group("adapter and prompts")
     inputs.add_argument(
         "--adapter", required=True, help=f"{kind} adapter file (.safetensors) written by {SCRIPTS[kind][0]}"
@@ -124,20 +124,6 @@ def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """--device, with auto meaning cuda when there is one."""
-    return (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-    )
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """--dtype, with auto meaning fp16 on cuda (m9 in fp32 needs twice the memory) and fp32 elsewhere."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
-
-
 def settings_from_args(args: argparse.Namespace) -> RenderSettings:
     """RenderSettings from the flags (validated there)."""
     return RenderSettings(
@@ -157,12 +143,12 @@ def settings_from_args(args: argparse.Namespace) -> RenderSettings:
 def run(args: argparse.Namespace, kind: AdapterKind) -> None:
     """Render tuned and original side by side; write the grids, render.json and report.md.
 
-    Bad input (files, adapter kind or base, prompts) ends the program with one line on stderr, exit code 1.
+    Bad input (files, adapter kind or base, prompts) ends the program with one line on stderr, exit status 2.
     """
-    setup_logging()
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    try:
+    setup_logging(args.verbose)
+    with user_errors(args.verbose):
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
         # The cheap checks first, so a typo does not wait for the model to load.
         prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
         settings = settings_from_args(args)
@@ -174,8 +160,6 @@ def run(args: argparse.Namespace, kind: AdapterKind) -> None:
             args.adapter, base.info, expected_kind=kind, allow_other_base=args.allow_other_base
         )
         scorer = ClipScorer(args.clip_model, device=device, dtype=dtype) if args.clip_model else None
-    except (ValueError, BaseModelError) as error:
-        sys.exit(f"error: {error}")
     settings = settings.sized(base)
     adapter.to(device)
     # Warnings (a truncated prompt, say) print above the progress bar instead of through it.
@@ -189,14 +173,10 @@ def run(args: argparse.Namespace, kind: AdapterKind) -> None:
         base=base,
         adapter_path=args.adapter,
         metadata=metadata,
-        runtime={"device": str(device), "dtype": _dtype_name(dtype), "clip_model": args.clip_model},
+        runtime={"device": str(device), "dtype": dtype_name(dtype), "clip_model": args.clip_model},
         clip=[prompt_scores(scorer, result) for result in results] if scorer else None,
         nearest=report.nearest_tokens(base, adapter, top_k) if top_k > 0 else None,
     )
     report.write_record(args.output_dir, record)
     path = report.write_report(args.output_dir, record, args.compare_with)
     logger.info("wrote %d images and %s", len(written), path)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in DTYPES.items() if value == dtype)

@@ -20,7 +20,7 @@ from altadapter.adapter_io import SCRIPTS, AdapterMetadata
 from altadapter.adapters import PromptAdapter
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
-from altadapter.render import PromptImages, RenderSettings, prompt_files, scale_label
+from altadapter.rendering.sampler import PromptImages, RenderSettings, prompt_files, scale_label
 
 RECORD_NAME = "render.json"
 REPORT_NAME = "report.md"
@@ -198,7 +198,7 @@ def _run_table(record: dict) -> list[str]:
         headers += [
             f"CLIP {scale_label(entry['scale'], record['settings']['scales'])}" for entry in first["tuned"]
         ] + ["CLIP original"]
-    lines = [_row(headers), _row([":---:"] * len(headers))]
+    lines = [markdown_row(headers), markdown_row([":---:"] * len(headers))]
     for entry in record["prompts"]:
         cells = [str(entry["index"]), _escape(entry["prompt"])]
         cells += [_image(tuned["file"]) for tuned in entry["tuned"]]
@@ -207,7 +207,7 @@ def _run_table(record: dict) -> list[str]:
             cells += [f"{tuned['clip']:.2f}" for tuned in entry["tuned"]] + [
                 f"{entry['original']['clip']:.2f}"
             ]
-        lines.append(_row(cells))
+        lines.append(markdown_row(cells))
     return lines
 
 
@@ -225,7 +225,7 @@ def _full_table(record: dict, other: dict, other_link: str) -> list[str]:
             "The two runs differ in model, sampling settings, device or dtype, so their originals differ too.",
             "",
         ]
-    lines += [_row(headers), _row([":---:"] * len(headers))]
+    lines += [markdown_row(headers), markdown_row([":---:"] * len(headers))]
     for position, entry in enumerate(record["prompts"]):
         cells = [str(entry["index"]), _escape(entry["prompt"])]
         for kind in ("mlp", "prompt"):
@@ -235,7 +235,7 @@ def _full_table(record: dict, other: dict, other_link: str) -> list[str]:
         for kind in originals:
             run, folder = runs[kind]
             cells.append(_image(run["prompts"][position]["original"]["file"], folder))
-        lines.append(_row(cells))
+        lines.append(markdown_row(cells))
     return lines
 
 
@@ -286,5 +286,6 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;")
 
 
-def _row(cells: Sequence[str]) -> str:
+def markdown_row(cells: Sequence[str]) -> str:
+    """One row of a Markdown table."""
     return "| " + " | ".join(cells) + " |"

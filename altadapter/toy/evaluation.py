@@ -1,14 +1,15 @@
 """Score the toy demo's models: attribute accuracy of the pictures they draw, and held-out denoising loss.
 
 Accuracy: every model renders the same prompts from the same noise in one batched loop
-(`render.render_rows`, a row per model), `toy_world.classify_image` reads each picture, and a picture is
-right on an attribute when it shows what the prompt names. Loss: `train.validation_loss`, the training
+(`render.render_rows`, a row per model), `world.classify_image` reads each picture, and a picture is
+right on an attribute when it shows what the prompt names. Loss: `training.losses.validation_loss`, the training
 scripts' own held-out metric (fixed timesteps, fixed noise per image), here on pictures of the base world
 with plain-word captions, which no adapter was trained on.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,17 +20,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from altadapter import toy_world
 from altadapter.adapter_io import load_adapter
 from altadapter.adapters import Adapter
-from altadapter.caches import build_latent_cache
+from altadapter.data.records import scan_dataset
 from altadapter.encoding import encode_text
 from altadapter.fileio import atomic_write
-from altadapter.grids import labelled_rows
 from altadapter.model import AltDiffusionBase, load_base
-from altadapter.records import scan_dataset
-from altadapter.render import RenderSettings, Row, default_size, render_rows
-from altadapter.train import validation_loss
+from altadapter.rendering.grids import labelled_rows
+from altadapter.rendering.sampler import RenderSettings, Row, default_size, render_rows
+from altadapter.toy import captions, world
+from altadapter.training.caches import build_latent_cache
+from altadapter.training.losses import validation_loss
 
 Models = Mapping[str, Adapter | None]  # model name -> its adapter; None is the original model
 Pictures = dict[str, list[list[Image.Image]]]  # model name -> pictures [prompt][image]
@@ -46,7 +47,7 @@ def load_models(base: AltDiffusionBase, adapter_files: Mapping[str, str | Path])
 
 
 def render_models(
-    base: AltDiffusionBase, models: Models, prompts: Sequence[toy_world.Prompt], settings: RenderSettings
+    base: AltDiffusionBase, models: Models, prompts: Sequence[world.Prompt], settings: RenderSettings
 ) -> Pictures:
     """Pictures per model, [prompt][image], every model from the same noise for the same prompt and image."""
     rows = [Row(adapter) for adapter in models.values()]  # Row(None) is the original model
@@ -55,12 +56,12 @@ def render_models(
 
 
 def score_pictures(
-    pictures: Sequence[Sequence[Image.Image]], prompts: Sequence[toy_world.Prompt]
+    pictures: Sequence[Sequence[Image.Image]], prompts: Sequence[world.Prompt]
 ) -> dict[str, object]:
-    """`toy_world.attribute_accuracy` of pictures [prompt][image] against what each prompt names."""
+    """`world.attribute_accuracy` of pictures [prompt][image] against what each prompt names."""
     flat = [image for images in pictures for image in images]
     expected = [prompt.attrs for prompt, images in zip(prompts, pictures, strict=True) for _ in images]
-    return toy_world.attribute_accuracy(flat, expected)
+    return world.attribute_accuracy(flat, expected)
 
 
 def sample_sheet(pictures: Pictures, count: int) -> Image.Image:
@@ -72,24 +73,14 @@ def write_base_world_heldout(folder: str | Path, n: int, seed: int, *, size: int
     """`n` base-world pictures with plain-word captions (NNNNN.png + NNNNN.txt), a folder `scan_dataset` reads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    prompts = toy_world.base_world_prompts(n, seed)
+    prompts = captions.base_world_prompts(n, seed)
     rng = np.random.default_rng(seed)
-    pixels = toy_world.render_batch([p.attrs for p in prompts], size, rng).numpy()
+    pixels = world.render_batch([p.attrs for p in prompts], size, rng).numpy()
     for index, (prompt, image) in enumerate(zip(prompts, pixels, strict=True)):
         Image.fromarray(image, mode="RGB").save(folder / f"{index:05d}.png")
         with atomic_write(folder / f"{index:05d}.txt") as handle:
             handle.write(prompt.text + "\n")
     return folder
-
-
-class _Conditioner:
-    """What `train.validation_loss` asks for: conditioning (B, L, D) of captions, original or tuned."""
-
-    def __init__(self, base: AltDiffusionBase, adapter: Adapter | None) -> None:
-        self.base, self.adapter = base, adapter
-
-    def __call__(self, captions: Sequence[str], *, tuned: bool):
-        return encode_text(self.base, captions, self.adapter if tuned else None)
 
 
 def heldout_losses(
@@ -109,8 +100,7 @@ def heldout_losses(
             base,
             scheduler,
             cache,
-            _Conditioner(base, adapter),
-            tuned=adapter is not None,
+            functools.partial(encode_text, base, adapter=adapter),
             seed=seed,
             batch_size=batch_size,
         )
@@ -138,14 +128,14 @@ class _LossTask:
 @dataclass(frozen=True)
 class _RenderTask:
     set_name: str
-    prompts: list[toy_world.Prompt]
+    prompts: list[world.Prompt]
     settings: RenderSettings
 
 
 def evaluate_models(
     model_path: str | Path,
     adapter_files: Mapping[str, str | Path],
-    prompt_sets: Mapping[str, Sequence[toy_world.Prompt]],
+    prompt_sets: Mapping[str, Sequence[world.Prompt]],
     settings: RenderSettings,
     *,
     loss_dir: str | Path,

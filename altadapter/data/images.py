@@ -1,7 +1,4 @@
-"""Training dataset reader: image + caption records from metadata.jsonl or a plain image+tag folder.
-
-`ImageCaptionDataset[i]` is `{"pixel_values": (3, R, R) float32 in [-1, 1], "caption": str, "index": i}`.
-"""
+"""Training images as the VAE takes them: shorter side resized, centre-cropped, in [-1, 1]; a content key."""
 
 from __future__ import annotations
 
@@ -13,24 +10,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from altadapter.records import DatasetError, Record, open_rgb, scan_dataset
-
-__all__ = [
-    "DatasetError",
-    "ImageCaptionDataset",
-    "Record",
-    "file_digest",
-    "load_image_tensor",
-    "scan_dataset",
-]
+from altadapter.data.records import DatasetError, open_rgb
 
 
-def check_resolution(resolution: int) -> None:
+def check_resolution(resolution: int, name: str = "resolution") -> None:
     """Raise ValueError unless `resolution` is a positive multiple of 8 (the VAE downsamples by 8)."""
     if resolution <= 0 or resolution % 8:
-        raise ValueError(
-            f"resolution must be a positive multiple of 8 (the VAE downsamples by 8), got {resolution}"
-        )
+        raise ValueError(f"{name} {resolution}: must be a positive multiple of 8 (the VAE downsamples by 8)")
 
 
 def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
@@ -74,44 +60,3 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class ImageCaptionDataset(torch.utils.data.Dataset):
-    """Images resized and cropped to (3, R, R) in [-1, 1] with their captions.
-
-    Random crop and flip draw from torch's RNG, so DataLoader worker seeding makes them reproducible.
-    """
-
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        *,
-        resolution: int,
-        center_crop: bool = True,
-        random_flip: bool = False,
-    ) -> None:
-        check_resolution(resolution)
-        self.records = scan_dataset(data_dir)
-        self.resolution = resolution
-        self.center_crop = center_crop
-        self.random_flip = random_flip
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def captions(self) -> list[str]:
-        """Every record's caption, in index order."""
-        return [record.caption for record in self.records]
-
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        flip = self.random_flip and bool(torch.rand(()) < 0.5)
-        if self.center_crop:
-            pixel_values = load_image_tensor(record.image_path, self.resolution, flip=flip)
-        else:
-            image = _open_for_training(record.image_path, self.resolution)
-            left = int(torch.randint(image.width - self.resolution + 1, ()))
-            top = int(torch.randint(image.height - self.resolution + 1, ()))
-            pixel_values = _crop_to_tensor(image, left, top, self.resolution, flip)
-        return {"pixel_values": pixel_values, "caption": record.caption, "index": index}

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from altadapter.data.records import scan_dataset
+from altadapter.data.tags import join_tags, split_tags
 from altadapter.fileio import atomic_write
-from altadapter.records import scan_dataset
-from altadapter.tags import join_tags, split_tags
 
 Weighting = Literal["uniform", "frequency"]
 WEIGHTINGS: tuple[Weighting, ...] = ("uniform", "frequency")

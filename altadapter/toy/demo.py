@@ -21,149 +21,24 @@ import logging
 import math
 import os
 import platform
-import shlex
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from altadapter import toy_eval, toy_world
 from altadapter.adapter_io import read_adapter_file
-from altadapter.demo_results import format_results
+from altadapter.data.prompts import write_prompts
+from altadapter.devices import vae_scale_factor
 from altadapter.fileio import atomic_write
-from altadapter.prompts import write_prompts
-from altadapter.render import RenderSettings
-from altadapter.toy_training import REPORT_FILE, ToyBaseConfig
+from altadapter.rendering.sampler import RenderSettings
+from altadapter.toy import captions, evaluation, world
+from altadapter.toy.base_config import REPORT_FILE
+from altadapter.toy.commands import Command, DemoError, run_commands, script
+from altadapter.toy.demo_config import MODELS, PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
+from altadapter.toy.results import format_results
 
 logger = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[1]
-TOY_BASE = ToyBaseConfig()  # the toy base samples with DDIM at this guidance scale
-# Evaluated models, in table order: name -> (adapter kind, with preservation). "original" has no adapter.
-MODELS: dict[str, tuple[str | None, bool]] = {
-    "original": (None, False),
-    "mlp": ("mlp", False),
-    "prompt": ("prompt", False),
-    "mlp_preserve": ("mlp", True),
-    "prompt_preserve": ("prompt", True),
-}
-# Prompt sets, in table order: name -> the prompt list of demo/make_toy_domain.py it reads.
-PROMPT_SETS = {
-    "domain_short": "domain_prompts_short.txt",
-    "domain_long": "domain_prompts_long.txt",
-    "base_world": "base_prompts.txt",
-}
-RUN_NAMES = {"mlp": "toy-mlp", "prompt": "toy-prompt"}
-SHEET_PROMPTS = 12  # prompts per evaluation sample sheet
-
-
-class DemoError(RuntimeError):
-    """A demo that cannot run or whose step failed; the message says which and what to do."""
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Every size, count and step of a demo run; the defaults fit 15 minutes on 2 CPU cores."""
-
-    model_path: str = "demo/toy_base"
-    work_dir: str = "demo_out"
-    images_dir: str = "images"
-    seed: int = 0
-    num_train: int = 900  # training images, 10 per attribute combination
-    num_heldout: int = 45  # held-out domain images: the training scripts' --validation_dir
-    grid_prompts: int = 6  # prompts_generator.py prompts rendered into the write-up's grids
-    grid_images: int = 4
-    grid_steps: int = 20
-    max_train_steps: int = 150  # per adapter, four runs
-    batch_size: int = 16
-    mlp_learning_rate: float = 1e-3
-    prompt_learning_rate: float = 1e-2
-    num_layers: int = 1
-    num_prompts: int = 100  # the write-up's 100 vectors; they and a long caption fit the toy's 160 tokens
-    preserve_weight: float = 1.0
-    preserve_prompts: int = 180  # base-world prompts for the penalty, none of them among the evaluation's
-    eval_prompts: int = 30  # prompts per evaluation set
-    eval_images: int = 1  # pictures per evaluation prompt and model
-    eval_steps: int = 20
-    guidance_scale: float = TOY_BASE.guidance_scale
-    loss_images: int = 45  # base-world held-out pictures for the out-of-domain loss
-    jobs: int = 2  # commands run side by side
-    device: str = "cpu"  # of the evaluation; the scripts choose their own (accelerate, --device auto)
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, float) and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}")
-            if isinstance(value, int) and value < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be at least {0 if name == 'seed' else 1}, got {value}")
-
-
-# The --smoke sizes: every stage and artefact, seconds of compute (the end-to-end test runs these).
-SMOKE = {
-    "num_train": 12,
-    "num_heldout": 4,
-    "grid_prompts": 2,
-    "grid_images": 1,
-    "grid_steps": 2,
-    "max_train_steps": 2,
-    "batch_size": 2,
-    "num_prompts": 4,
-    "preserve_prompts": 6,
-    "eval_prompts": 3,
-    "eval_steps": 2,
-    "loss_images": 3,
-}
-
-
-@dataclass
-class DemoPaths:
-    """Where each stage writes, under the work and images folders."""
-
-    work: Path
-    images: Path
-    domain: Path = field(init=False)  # make_toy_domain.py output: train/, heldout/, prompt lists
-    data: Path = field(init=False)
-    heldout_data: Path = field(init=False)
-    prompts: Path = field(init=False)  # prompts_generator.py output, rendered into the grids
-    preserve_prompts: Path = field(init=False)
-    runs: Path = field(init=False)
-    base_heldout: Path = field(init=False)
-    logs: Path = field(init=False)
-    samples: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.domain = self.work / "toy_domain"
-        self.data = self.work / "data"
-        self.heldout_data = self.work / "heldout_data"
-        self.prompts = self.work / "prompts.txt"
-        self.preserve_prompts = self.work / "preserve_prompts.txt"
-        self.runs = self.work / "runs"
-        self.base_heldout = self.work / "base_world_heldout"
-        self.logs = self.work / "logs"
-        self.samples = self.work / "samples"
-
-    def adapter(self, model: str) -> Path:
-        kind, preserve = MODELS[model]
-        name = RUN_NAMES[kind] + ("-preserve" if preserve else "")
-        return self.runs / name / f"{name}.safetensors"
-
-
-@dataclass
-class Command:
-    """One script run: its name (and log file's), its stage, argv after the interpreter, what it needs first."""
-
-    name: str
-    stage: str
-    argv: list[str]
-    after: tuple[str, ...] = ()
-
-    def shown(self) -> str:
-        """The command as a user types it from the current folder."""
-        return shlex.join(["python", *self.argv])
 
 
 def check_base(model_path: str | Path) -> Path:
@@ -172,7 +47,7 @@ def check_base(model_path: str | Path) -> Path:
     if not (path / "model_index.json").is_file():
         raise DemoError(
             f"no toy base model at {path}: build it with `python demo/train_toy_base.py --output_dir {path}` "
-            "(about 4 minutes on one GPU; its --help shows a CPU run), or pass --model_path"
+            "(about 40 minutes on 2 CPU cores), or pass --model_path"
         )
     return path
 
@@ -181,79 +56,7 @@ def model_resolution(model_path: Path) -> int:
     """Pixels the base was trained at: the UNet's sample size times the VAE's downsampling."""
     unet = json.loads((model_path / "unet" / "config.json").read_text(encoding="utf-8"))
     vae = json.loads((model_path / "vae" / "config.json").read_text(encoding="utf-8"))
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def script(name: str) -> str:
-    """A script of this repository as a user would name it from the current folder."""
-    path = ROOT / name
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # another drive on Windows
-        return str(path)
-
-
-def run_commands(commands: Sequence[Command], *, jobs: int, log_dir: Path, clock: float) -> dict[str, dict]:
-    """Run commands, up to `jobs` at a time, each once the ones it comes `after` have finished.
-
-    Output goes to log_dir/NAME.log. Each command gets OMP_NUM_THREADS = this process's threads / jobs.
-    Returns per command its stage, start and end (seconds since `clock`) and CPU seconds (None where the
-    platform cannot tell). Raises DemoError with the end of the log when a command fails, after
-    stopping the others.
-    """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // jobs))}
-    pending, running, done = list(commands), {}, {}
-    while pending or running:
-        for command in [c for c in pending if all(name in done for name in c.after)][: jobs - len(running)]:
-            pending.remove(command)
-            print(f"$ {command.shown()}", flush=True)
-            log = open(log_dir / f"{command.name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
-            process = subprocess.Popen(
-                [sys.executable, *command.argv], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-            running[command.name] = (command, process, log, time.perf_counter())
-        if not running:
-            raise DemoError(f"commands wait for ones that never run: {[c.name for c in pending]}")
-        time.sleep(0.1)
-        for name, (command, process, log, started) in list(running.items()):
-            cpu = _reap(process)
-            if process.returncode is None:
-                continue
-            log.close()
-            del running[name]
-            done[name] = {
-                "stage": command.stage,
-                "start_s": round(started - clock, 1),
-                "end_s": round(time.perf_counter() - clock, 1),
-                "cpu_s": None if cpu is None else round(cpu, 1),
-            }
-            seconds = done[name]["end_s"] - done[name]["start_s"]
-            print(
-                f"  {name}: {seconds:.0f} s" + (f" (CPU {cpu:.0f} s)" if cpu is not None else ""), flush=True
-            )
-            if process.returncode != 0:
-                for _, other, other_log, _ in running.values():
-                    other.terminate()
-                    other.wait()
-                    other_log.close()
-                raise DemoError(
-                    f"`{command.shown()}` failed (exit {process.returncode}); the end of "
-                    f"{log_dir / command.name}.log:\n" + _tail(log_dir / f"{command.name}.log")
-                )
-    return done
-
-
-def _reap(process: subprocess.Popen) -> float | None:
-    """Set `process.returncode` if it has ended; its CPU seconds where the OS reports them (POSIX)."""
-    if not hasattr(os, "wait4"):
-        process.poll()
-        return None
-    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-    if pid == 0:
-        return None
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_utime + usage.ru_stime
+    return int(unet["sample_size"]) * vae_scale_factor(vae["block_out_channels"])
 
 
 def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
@@ -280,11 +83,11 @@ def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
         script("prompts_generator.py"),
         *("--data_dir", str(paths.data)),
         *("--num_prompts", str(config.grid_prompts)),
-        *("--prefix", ",".join(toy_world.DOMAIN_PREFIX)),
+        *("--prefix", ",".join(captions.DOMAIN_PREFIX)),
         *("--seed", str(config.seed)),
         # As many tags as a training caption: the write-up found the MLP needs prompts that long.
-        *("--min_tags", str(toy_world.TRAIN_NUM_TAGS[0])),
-        *("--max_tags", str(toy_world.TRAIN_NUM_TAGS[1])),
+        *("--min_tags", str(captions.TRAIN_NUM_TAGS[0])),
+        *("--max_tags", str(captions.TRAIN_NUM_TAGS[1])),
         *("--out", str(paths.prompts)),
     ]
     commands.append(Command("prompts_generator", "data", argv, after=("meta_file_converter_train",)))
@@ -357,7 +160,7 @@ def grid_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
 def write_preserve_prompts(config: DemoConfig, paths: DemoPaths) -> list[str]:
     """Base-world prompts for the preservation penalty, leaving out every prompt the evaluation renders."""
     evaluated = {p.text for p in _prompt_lists(paths)[PROMPT_SETS["base_world"]]}
-    candidates = toy_world.base_world_prompts(config.preserve_prompts * 2, seed=config.seed + 200)
+    candidates = captions.base_world_prompts(config.preserve_prompts * 2, seed=config.seed + 200)
     prompts = list(dict.fromkeys(p.text for p in candidates if p.text not in evaluated))
     prompts = prompts[: config.preserve_prompts]
     write_prompts(paths.preserve_prompts, prompts)
@@ -367,7 +170,7 @@ def write_preserve_prompts(config: DemoConfig, paths: DemoPaths) -> list[str]:
 def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
     """Stage 4: losses and accuracies of every model, and the base's fingerprint; sample sheets in WORK/samples/."""
     lists = _prompt_lists(paths)
-    toy_eval.write_base_world_heldout(
+    evaluation.write_base_world_heldout(
         paths.base_heldout,
         config.loss_images,
         seed=config.seed + 300,
@@ -381,7 +184,7 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
         scheduler="ddim",
         max_batch=16,
     )
-    evaluation = toy_eval.evaluate_models(
+    measured = evaluation.evaluate_models(
         config.model_path,
         {name: paths.adapter(name) for name in MODELS if name != "original"},
         {set_name: lists[file_name] for set_name, file_name in PROMPT_SETS.items()},
@@ -393,18 +196,18 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
         device=config.device,
     )
     paths.samples.mkdir(parents=True, exist_ok=True)
-    for set_name, pictures in evaluation.pictures.items():
-        toy_eval.sample_sheet(pictures, SHEET_PROMPTS).save(paths.samples / f"{set_name}.png")
+    for set_name, pictures in measured.pictures.items():
+        evaluation.sample_sheet(pictures, SHEET_PROMPTS).save(paths.samples / f"{set_name}.png")
     domain_loss = _domain_losses(paths)
     results = {
         name: {
             "adapter": str(paths.adapter(name)) if name != "original" else None,
-            "heldout_loss": {"domain": domain_loss[name], "base_world": evaluation.loss[name]},
-            "accuracy": evaluation.accuracy[name],
+            "heldout_loss": {"domain": domain_loss[name], "base_world": measured.loss[name]},
+            "accuracy": measured.accuracy[name],
         }
         for name in MODELS
     }
-    return results, evaluation.fingerprint
+    return results, measured.fingerprint
 
 
 def run_demo(config: DemoConfig, *, command: str = "") -> dict:
@@ -443,7 +246,7 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
             "platform": platform.platform(),
             "torch": torch.__version__,
         },
-        "chance": toy_world.chance_levels(),
+        "chance": world.chance_levels(),
         "models": models,
         "timings_s": {name: round(t["end_s"] - t["start_s"], 1) for name, t in timings.items()},
         "stages": timings,
@@ -461,8 +264,8 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     return results
 
 
-def _prompt_lists(paths: DemoPaths) -> dict[str, list[toy_world.Prompt]]:
-    return toy_world.read_prompt_lists(paths.domain / toy_world.PROMPTS_JSON)
+def _prompt_lists(paths: DemoPaths) -> dict[str, list[world.Prompt]]:
+    return captions.read_prompt_lists(paths.domain / captions.PROMPTS_JSON)
 
 
 def _domain_losses(paths: DemoPaths) -> dict[str, float]:
@@ -516,8 +319,3 @@ def _cpu_seconds() -> float | None:
 
 def _since(start: float) -> float:
     return round(time.perf_counter() - start, 1)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])

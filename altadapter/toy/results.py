@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from altadapter import toy_world
+from altadapter.rendering.report import markdown_row
+from altadapter.toy import captions, world
 
 MODEL_TITLES = {
     "original": "original",
@@ -14,8 +13,8 @@ MODEL_TITLES = {
     "prompt_preserve": "Prompt + preserve",
 }
 SET_TITLES = {
-    "domain_short": f"domain, short ({toy_world.SHORT_NUM_TAGS} tags)",
-    "domain_long": f"domain, long ({toy_world.TRAIN_NUM_TAGS[0]}-{toy_world.TRAIN_NUM_TAGS[1]} tags)",
+    "domain_short": f"domain, short ({captions.SHORT_NUM_TAGS} tags)",
+    "domain_long": f"domain, long ({captions.TRAIN_NUM_TAGS[0]}-{captions.TRAIN_NUM_TAGS[1]} tags)",
     "base_world": "base world (out of domain)",
 }
 LOSS_TITLES = {"domain": "held-out loss, domain", "base_world": "held-out loss, base world"}
@@ -32,7 +31,7 @@ def format_results(results: dict) -> str:
     lines += [_setting_line(results), ""]
     lines += [
         "Accuracy: the share of pictures that show all three attributes (shape colour, background colour, "
-        "shape) the prompt names, read by `toy_world.classify_image` (nearest palette colour per pixel; "
+        "shape) the prompt names, read by `world.classify_image` (nearest palette colour per pixel; "
         f"border ring = background; fill of the bounding box = shape). Chance: {_pct(chance['all'])} "
         f"(per attribute: colours {_pct(chance['fg'])}, shape {_pct(chance['shape'])}). Held-out loss: the "
         "training scripts' denoising loss at fixed timesteps and noise, on held-out domain pictures with "
@@ -40,21 +39,21 @@ def format_results(results: dict) -> str:
         "",
     ]
     header = ["model", *LOSS_TITLES.values(), *(f"accuracy, {SET_TITLES.get(name, name)}" for name in sets)]
-    lines += [_row(header), _row(["---"] + ["---:"] * (len(header) - 1))]
+    lines += [markdown_row(header), markdown_row(["---"] + ["---:"] * (len(header) - 1))]
     for name, model in models.items():
         cells = [MODEL_TITLES.get(name, name)]
         cells += [f"{model['heldout_loss'][where]:.4f}" for where in LOSS_TITLES]
         cells += [_pct(model["accuracy"][set_name]["all"]) for set_name in sets]
-        lines.append(_row(cells))
-    lines.append(_row(["chance", *([""] * len(LOSS_TITLES)), *([_pct(chance["all"])] * len(sets))]))
+        lines.append(markdown_row(cells))
+    lines.append(markdown_row(["chance", *([""] * len(LOSS_TITLES)), *([_pct(chance["all"])] * len(sets))]))
 
     lines += ["", "Accuracy per attribute (shape colour / background colour / shape):", ""]
-    lines += [_row(["model", *(SET_TITLES.get(name, name) for name in sets)])]
-    lines.append(_row(["---"] + ["---:"] * len(sets)))
+    lines += [markdown_row(["model", *(SET_TITLES.get(name, name) for name in sets)])]
+    lines.append(markdown_row(["---"] + ["---:"] * len(sets)))
     for name, model in models.items():
         cells = [_attributes(model["accuracy"][set_name]) for set_name in sets]
-        lines.append(_row([MODEL_TITLES.get(name, name), *cells]))
-    lines.append(_row(["chance", *([_attributes(chance)] * len(sets))]))
+        lines.append(markdown_row([MODEL_TITLES.get(name, name), *cells]))
+    lines.append(markdown_row(["chance", *([_attributes(chance)] * len(sets))]))
 
     artefacts = results["artefacts"]
     lines += [
@@ -71,12 +70,12 @@ def format_results(results: dict) -> str:
         "Seconds since the start; stages overlap (a grid starts once its adapter is trained). "
         "CPU: seconds its processes computed.",
         "",
-        _row(["stage or command", "from", "to", "CPU"]),
-        _row(["---", "---:", "---:", "---:"]),
+        markdown_row(["stage or command", "from", "to", "CPU"]),
+        markdown_row(["---", "---:", "---:", "---:"]),
     ]
     for name, timing in [*results["stages"].items(), *results["commands"].items()]:
         cpu = "" if timing["cpu_s"] is None else f"{timing['cpu_s']:.0f}"
-        lines.append(_row([name, f"{timing['start_s']:.0f}", f"{timing['end_s']:.0f}", cpu]))
+        lines.append(markdown_row([name, f"{timing['start_s']:.0f}", f"{timing['end_s']:.0f}", cpu]))
     return "\n".join(lines) + "\n"
 
 
@@ -100,12 +99,8 @@ def _setting_line(results: dict) -> str:
 
 
 def _attributes(scores: dict) -> str:
-    return " / ".join(_pct(scores[name]) for name in toy_world.ATTRIBUTE_NAMES)
+    return " / ".join(_pct(scores[name]) for name in world.ATTRIBUTE_NAMES)
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from altadapter.data.prompts import read_prompts
+
 DEFAULT_PRESERVE_PROMPTS = (
     "a photo of a dog running on the beach",
     "an oil painting of a lighthouse at sunset",
@@ -39,12 +41,7 @@ def read_preserve_prompts(path: str | Path | None) -> list[str]:
     """General prompts from a file (one per line), or the built-in multilingual list."""
     if path is None:
         return list(DEFAULT_PRESERVE_PROMPTS)
-    prompts = [
-        line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()
-    ]
-    if not prompts:
-        raise ValueError(f"--preserve_prompts {path}: the file holds no prompts (one per line)")
-    return prompts
+    return read_prompts(path, flag="--preserve_prompts")
 
 
 def text_positions(original: torch.Tensor, tuned: torch.Tensor, num_prompts: int) -> torch.Tensor:

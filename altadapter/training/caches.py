@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from altadapter.dataset import file_digest, load_image_tensor
+from altadapter.data.images import file_digest, load_image_tensor
+from altadapter.data.records import DatasetError, Record
 from altadapter.encoding import encode_tokens, tokenize
 from altadapter.fileio import atomic_replace_from, temp_path_beside
 from altadapter.model import AltDiffusionBase
-from altadapter.records import DatasetError, Record
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
 
-from altadapter.render import PromptImages
+from altadapter.rendering.sampler import PromptImages
 
 
 class ClipScorer:

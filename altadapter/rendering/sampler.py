@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from altadapter import encoding
 from altadapter.adapters import Adapter
+from altadapter.data.images import check_resolution
 from altadapter.encoding import encode_text
 from altadapter.fileio import atomic_write
-from altadapter.grids import image_grid, labelled_rows
 from altadapter.model import AltDiffusionBase
-from altadapter.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.grids import image_grid, labelled_rows
+from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,8 @@ class RenderSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value < 8 or value % 8):
-                raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
+            if getattr(self, name) is not None:
+                check_resolution(getattr(self, name), name)
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not self.scales or len(set(self.scales)) != len(self.scales):
@@ -114,7 +114,7 @@ def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
 
 def default_size(base: AltDiffusionBase) -> tuple[int, int]:
     """(height, width) the model was trained at, as the stock pipeline defaults them."""
-    side = base.unet.config.sample_size * _vae_scale_factor(base)
+    side = base.unet.config.sample_size * base.vae_scale_factor
     return side, side
 
 
@@ -259,7 +259,7 @@ def _sample(
     for group in groups:
         latents[group.members] = group.latents.to(base.dtype)
     decoded = base.vae.decode(latents / base.vae.config.scaling_factor, return_dict=False)[0]
-    processor = VaeImageProcessor(vae_scale_factor=_vae_scale_factor(base))
+    processor = VaeImageProcessor(vae_scale_factor=base.vae_scale_factor)
     return processor.postprocess(decoded, output_type="pil", do_denormalize=[True] * len(batch))
 
 
@@ -278,7 +278,7 @@ def _make_group(
     scheduler = make_scheduler(base, settings.scheduler)
     _timesteps(scheduler, settings, base.device)
     generators = [torch.Generator("cpu").manual_seed(batch[m].seed) for m in members]
-    factor = _vae_scale_factor(base)
+    factor = base.vae_scale_factor
     shape = (len(members), base.unet.config.in_channels, settings.height // factor, settings.width // factor)
     # CPU generators, so the same seed gives the same image on any device; scaled after set_timesteps,
     # since Euler's init_noise_sigma depends on the chosen timesteps.
@@ -330,10 +330,6 @@ def _each_message_once(logger: logging.Logger):
         yield
     finally:
         logger.removeFilter(first_time)
-
-
-def _vae_scale_factor(base: AltDiffusionBase) -> int:
-    return 2 ** (len(base.vae.config.block_out_channels) - 1)
 
 
 def _save_png(image: Image.Image, path: Path) -> Path:

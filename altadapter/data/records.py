@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from altadapter.tags import TagFileError, find_tagged_images, join_tags, read_tag_file
+from altadapter.data.tags import TagFileError, find_tagged_images, join_tags, read_tag_file
 
 logger = logging.getLogger(__name__)
 

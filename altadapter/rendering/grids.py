@@ -8,18 +8,20 @@ from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
+GAP = (128, 128, 128)
 
 
-def image_grid(images: Sequence[Image.Image], cols: int | None = None) -> Image.Image:
-    """Equal-sized images tiled row by row, `cols` per row (default: all in one row)."""
+def image_grid(images: Sequence[Image.Image], cols: int | None = None, *, gap: int = 0) -> Image.Image:
+    """Equal-sized images tiled row by row, `cols` per row (default: all in one row), `gap` pixels apart."""
     if not images:
         raise ValueError("image_grid needs at least one image")
     cols = cols or len(images)
     rows = -(-len(images) // cols)  # ceiling division
     width, height = images[0].size
-    grid = Image.new("RGB", (cols * width, rows * height), BACKGROUND)
+    size = (cols * (width + gap) - gap, rows * (height + gap) - gap)
+    grid = Image.new("RGB", size, BACKGROUND if gap == 0 else GAP)
     for index, image in enumerate(images):
-        grid.paste(image, ((index % cols) * width, (index // cols) * height))
+        grid.paste(image, ((index % cols) * (width + gap), (index // cols) * (height + gap)))
     return grid
 
 

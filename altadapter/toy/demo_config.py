@@ -1,0 +1,116 @@
+"""What a demo run is: its models, prompt sets, sizes (full and --smoke) and the folders it writes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from altadapter.toy.base_config import ToyBaseConfig
+
+TOY_BASE = ToyBaseConfig()  # the toy base samples with DDIM at this guidance scale
+# Evaluated models, in table order: name -> (adapter kind, with preservation). "original" has no adapter.
+MODELS: dict[str, tuple[str | None, bool]] = {
+    "original": (None, False),
+    "mlp": ("mlp", False),
+    "prompt": ("prompt", False),
+    "mlp_preserve": ("mlp", True),
+    "prompt_preserve": ("prompt", True),
+}
+# Prompt sets, in table order: name -> the prompt list of demo/make_toy_domain.py it reads.
+PROMPT_SETS = {
+    "domain_short": "domain_prompts_short.txt",
+    "domain_long": "domain_prompts_long.txt",
+    "base_world": "base_prompts.txt",
+}
+RUN_NAMES = {"mlp": "toy-mlp", "prompt": "toy-prompt"}
+SHEET_PROMPTS = 12  # prompts per evaluation sample sheet
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every size, count and step of a demo run; the defaults fit 15 minutes on 2 CPU cores."""
+
+    model_path: str = "demo/toy_base"
+    work_dir: str = "demo_out"
+    images_dir: str = "images"
+    seed: int = 0
+    num_train: int = 900  # training images, 10 per attribute combination
+    num_heldout: int = 45  # held-out domain images: the training scripts' --validation_dir
+    grid_prompts: int = 6  # prompts_generator.py prompts rendered into the write-up's grids
+    grid_images: int = 4
+    grid_steps: int = 20
+    max_train_steps: int = 150  # per adapter, four runs
+    batch_size: int = 16
+    mlp_learning_rate: float = 1e-3
+    prompt_learning_rate: float = 1e-2
+    num_layers: int = 1
+    # The write-up's 100 vectors were sized for m9's 512 positions; the toy has 64, of which the longest
+    # domain caption takes 46: 16 vectors keep the same share of the positions beside it (~1/4).
+    num_prompts: int = 16
+    preserve_weight: float = 1.0
+    preserve_prompts: int = 180  # base-world prompts for the penalty, none of them among the evaluation's
+    eval_prompts: int = 30  # prompts per evaluation set
+    eval_images: int = 1  # pictures per evaluation prompt and model
+    eval_steps: int = 20
+    guidance_scale: float = TOY_BASE.guidance_scale
+    loss_images: int = 45  # base-world held-out pictures for the out-of-domain loss
+    jobs: int = 2  # commands run side by side
+    device: str = "cpu"  # of the evaluation; the scripts choose their own (accelerate, --device auto)
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+            if isinstance(value, int) and value < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be at least {0 if name == 'seed' else 1}, got {value}")
+
+
+# The --smoke sizes: every stage and artefact, seconds of compute (the end-to-end test runs these).
+SMOKE = {
+    "num_train": 12,
+    "num_heldout": 4,
+    "grid_prompts": 2,
+    "grid_images": 1,
+    "grid_steps": 2,
+    "max_train_steps": 2,
+    "batch_size": 2,
+    "num_prompts": 4,
+    "preserve_prompts": 6,
+    "eval_prompts": 3,
+    "eval_steps": 2,
+    "loss_images": 3,
+}
+
+
+@dataclass
+class DemoPaths:
+    """Where each stage writes, under the work and images folders."""
+
+    work: Path
+    images: Path
+    domain: Path = field(init=False)  # make_toy_domain.py output: train/, heldout/, prompt lists
+    data: Path = field(init=False)
+    heldout_data: Path = field(init=False)
+    prompts: Path = field(init=False)  # prompts_generator.py output, rendered into the grids
+    preserve_prompts: Path = field(init=False)
+    runs: Path = field(init=False)
+    base_heldout: Path = field(init=False)
+    logs: Path = field(init=False)
+    samples: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.domain = self.work / "toy_domain"
+        self.data = self.work / "data"
+        self.heldout_data = self.work / "heldout_data"
+        self.prompts = self.work / "prompts.txt"
+        self.preserve_prompts = self.work / "preserve_prompts.txt"
+        self.runs = self.work / "runs"
+        self.base_heldout = self.work / "base_world_heldout"
+        self.logs = self.work / "logs"
+        self.samples = self.work / "samples"
+
+    def adapter(self, model: str) -> Path:
+        kind, preserve = MODELS[model]
+        name = RUN_NAMES[kind] + ("-preserve" if preserve else "")
+        return self.runs / name / f"{name}.safetensors"

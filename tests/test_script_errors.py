@@ -1,0 +1,65 @@
+"""Every top-level script answers a user's mistake with one line naming the flag or file, and exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "bad_flags", "named"),
+    [
+        ("meta_file_converter.py", ["--image_dir", "{missing}", "--output_dir", "{tmp}/out"], "{missing}"),
+        ("prompts_generator.py", ["--data_dir", "{missing}", "--out", "{tmp}/p.txt"], "{missing}"),
+        (
+            "text_encoder_util_mlp_transfer.py",
+            ["--data_dir", "{tmp}", "--resolution", "20"],
+            "--resolution 20",
+        ),
+        ("text_encoder_util.py", ["--train_data_dir", "{missing}"], "--data_dir {missing}"),
+        ("text_encoder_gen_show_mlp.py", ["--adapter", "{missing}", "--prompt", "a"], "{missing}"),
+        (
+            "text_encoder_gen_show.py",
+            ["--adapter", "{tmp}/a.safetensors", "--prompts", "{missing}"],
+            "{missing}",
+        ),
+    ],
+)
+def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_path):
+    values = {"missing": str(tmp_path / "nowhere"), "tmp": str(tmp_path)}
+    result = run_script(script, *(flag.format(**values) for flag in bad_flags))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error: ") and named.format(**values) in lines[-1]
+    assert all(not line.startswith(("error", "Traceback")) for line in lines[:-1])
+
+
+def test_verbose_keeps_the_traceback(tmp_path):
+    result = run_script("prompts_generator.py", "--data_dir", str(tmp_path / "nowhere"), "--verbose")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_an_unreachable_model_path_is_one_line(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "0.png")
+    (data / "0.txt").write_text("1girl, solo", encoding="utf-8")
+    result = run_script(
+        "text_encoder_util_mlp_transfer.py",
+        *("--data_dir", str(data), "--pretrained_model_name_or_path", str(tmp_path / "no_model")),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no_model" in result.stderr.strip().splitlines()[-1]
