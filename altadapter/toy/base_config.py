@@ -39,15 +39,17 @@ class ToyBaseConfig:
     captions_per_combo: int = 32  # varied captions (filler phrases, shifted text) per combination
     max_filler: int = 6  # neutral phrases mixed into a varied caption, so long captions are familiar
     position_shift: float = 0.5  # share of varied captions moved to later positions (where prompt vectors go)
-    time_budget_s: float = 2100.0  # all three training phases together
+    # All three training phases together: a cap for slow machines. On 2 idle cores the step counts end the
+    # phases first (about 8 + 3 + 24 minutes).
+    time_budget_s: float = 2400.0
     vae_steps: int = 1500
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # per latent element, against the per-pixel MSE
-    text_steps: int = 1500
+    text_steps: int = 1000
     text_batch_size: int = 256
     text_lr: float = 2e-3
-    unet_steps: int = 20_000
+    unet_steps: int = 9000
     batch_size: int = 64
     lr: float = 1e-3
     varied_share: float = 0.25  # share of UNet captions from the varied bank; the rest are plain captions

@@ -186,18 +186,17 @@ def _draw_conditioning(
 
 
 def _guidance_probe(conditionings: ConditioningBank, latents, pool: ScenePool, device) -> dict:
-    """A fixed batch for the conditional-vs-unconditional gap: 90 scenes, one per combination, t = 500."""
+    """A fixed batch for the conditional-vs-unconditional gap: the first 90 scenes with a plain caption of
+    their own, noised to t = 500."""
     means, _ = latents
-    first = torch.stack([torch.nonzero(pool.combos == c)[0, 0] for c in range(len(conditionings.plain))])
+    index = torch.arange(min(90, len(means)), device=device)
     generator = torch.Generator(device).manual_seed(1234)
     a = _noise_schedule()[500].item()
-    noisy = a**0.5 * means[first] + (1 - a) ** 0.5 * torch.randn(
-        means[first].shape, generator=generator, device=device
-    )
+    noise = torch.randn(means[index].shape, generator=generator, device=device)
     return {
-        "noisy": noisy,
-        "cond": conditionings.plain[:, 0],
-        "empty": conditionings.empty.expand(len(first), -1, -1),
+        "noisy": a**0.5 * means[index] + (1 - a) ** 0.5 * noise,
+        "cond": conditionings.plain[pool.combos[index], 0],
+        "empty": conditionings.empty.expand(len(index), -1, -1),
     }
 
 

@@ -1,7 +1,7 @@
 """Score the toy demo's models: attribute accuracy of the pictures they draw, and held-out denoising loss.
 
 Accuracy: every model renders the same prompts from the same noise in one batched loop
-(`render.render_rows`, a row per model), `world.classify_image` reads each picture, and a picture is
+(`rendering.sampler.render_rows`, a row per model), `world.classify_image` reads each picture, and a picture is
 right on an attribute when it shows what the prompt names. Loss: `training.losses.validation_loss`, the training
 scripts' own held-out metric (fixed timesteps, fixed noise per image), here on pictures of the base world
 with plain-word captions, which no adapter was trained on.

@@ -1,7 +1,7 @@
 """Captions to conditioning inside the training loop: the one place where the two adapter kinds differ.
 
 MLP: the text encoder sits before the adapter and is frozen, so its output per caption is computed once
-(`caches.build_text_cache`) and the encoder never runs in the loop. Prompt: the vectors enter the
+(`training.caches.build_text_cache`) and the encoder never runs in the loop. Prompt: the vectors enter the
 encoder, so it runs forward and backward every step; only the tokenization is computed once.
 """
 

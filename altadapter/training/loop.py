@@ -223,6 +223,23 @@ def build_caches(
     return cache, val_cache
 
 
+def prepare_optimization(
+    args: argparse.Namespace, accelerator: Accelerator, adapter: Adapter
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and the lr schedule over the adapter's parameters, all three prepared by accelerate."""
+    optimizer = torch.optim.AdamW(
+        adapter.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay
+    )
+    # accelerate steps a prepared scheduler once per process each step, hence the multiplication.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    return accelerator.prepare(adapter, optimizer, lr_scheduler)
+
+
 def setup_run(args: argparse.Namespace, kind: AdapterKind) -> Run:
     """Check flags, find a checkpoint to resume, load the base, build adapter and caches, prepare."""
     check_train_args(args)
@@ -268,17 +285,7 @@ def setup_run(args: argparse.Namespace, kind: AdapterKind) -> Run:
         kind, base, adapter, all_captions, args, progress=accelerator.is_local_main_process
     )
 
-    optimizer = torch.optim.AdamW(
-        adapter.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay
-    )
-    # accelerate steps a prepared scheduler once per process each step, hence the multiplication.
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
-    prepared, optimizer, lr_scheduler = accelerator.prepare(adapter, optimizer, lr_scheduler)
+    prepared, optimizer, lr_scheduler = prepare_optimization(args, accelerator, adapter)
     noise_scheduler = base.noise_scheduler()
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     run = Run(
