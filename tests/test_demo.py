@@ -57,7 +57,7 @@ def test_smoke_demo_writes_every_artefact(smoke_run):
         if name != "original":
             assert paths.adapter(name).is_file()
     for set_name in PROMPT_SETS:
-        assert (work / "samples" / f"{set_name}.png").is_file()
+        assert (images / "samples" / f"{set_name}.png").is_file()
     assert (work / "logs" / "train_prompt_preserve.log").is_file()
 
 

@@ -77,7 +77,7 @@ def train_vae(vae, pool: ScenePool, config: ToyBaseConfig, device: torch.device,
         if step % 10 == 0 or step == 1:  # .item() waits for the GPU: read the loss now and then
             losses.append(mse.item())
         if step % config.log_every == 0:
-            logger.info("vae step %d  mse %.4f  %.1f s", step, np.mean(losses[-10:]), clock.elapsed())
+            logger.info("vae step %d  mse %.4f  %s", step, np.mean(losses[-10:]), clock.status(step))
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         sample = vae.encode(pool.batch(torch.arange(min(len(pool.images), 2048), device=device))).latent_dist
@@ -152,7 +152,7 @@ def train_unet(
         if step % 10 == 0 or step == 1:
             losses.append(loss.item())
         if step % config.log_every == 0:
-            curve.append(_log_unet_progress(unet, probe_batch, step, losses, clock, config, optimizer))
+            curve.append(_log_unet_progress(unet, probe_batch, step, losses, clock, optimizer))
     with torch.no_grad():
         for param, average in zip(params, ema, strict=True):
             param.copy_(average)
@@ -209,27 +209,14 @@ def _guidance_gap(unet, probe: dict) -> float:
     return ((conditional - unconditional).norm() / unconditional.norm()).item()
 
 
-def _log_unet_progress(unet, probe: dict, step: int, losses: list, clock: Clock, config, optimizer) -> dict:
+def _log_unet_progress(unet, probe: dict, step: int, losses: list, clock: Clock, optimizer) -> dict:
     gap = _guidance_gap(unet, probe)
-    progress = clock.progress(step)
-    left = clock.elapsed() * (1 - progress) / max(progress, 1e-9)
-    entry = {
-        "step": step,
-        "loss": float(np.mean(losses[-10:])),
-        "guidance_gap": gap,
-        "seconds": round(clock.elapsed(), 1),
-    }
+    loss = float(np.mean(losses[-10:]))
+    lr = optimizer.param_groups[0]["lr"]
     logger.info(
-        "unet step %d  loss %.4f  guidance gap %.3f  lr %.2e  %.1f s  %.2f steps/s  ~%.0f s left",
-        step,
-        entry["loss"],
-        gap,
-        optimizer.param_groups[0]["lr"],
-        clock.elapsed(),
-        step / clock.elapsed(),
-        left,
+        "unet step %d  loss %.4f  guidance gap %.3f  lr %.2e  %s", step, loss, gap, lr, clock.status(step)
     )
-    return entry
+    return {"step": step, "loss": loss, "guidance_gap": gap, "seconds": round(clock.elapsed(), 1)}
 
 
 def _noise_schedule() -> torch.Tensor:

@@ -38,3 +38,9 @@ class Clock:
 
     def progress(self, step: int) -> float:
         return max(step / self.max_steps, self.elapsed() / self.budget_s)
+
+    def status(self, step: int) -> str:
+        """Seconds so far, steps per second and the seconds this phase has left, for a progress line."""
+        elapsed, progress = self.elapsed(), self.progress(step)
+        left = elapsed * (1 - progress) / max(progress, 1e-9)
+        return f"{elapsed:.0f} s  {step / max(elapsed, 1e-9):.2f} steps/s  ~{left:.0f} s left"

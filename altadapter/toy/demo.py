@@ -168,7 +168,7 @@ def write_preserve_prompts(config: DemoConfig, paths: DemoPaths) -> list[str]:
 
 
 def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
-    """Stage 4: losses and accuracies of every model, and the base's fingerprint; sample sheets in WORK/samples/."""
+    """Stage 4: losses and accuracies of every model, and the base's fingerprint; sample sheets in IMAGES/samples/."""
     lists = _prompt_lists(paths)
     evaluation.write_base_world_heldout(
         paths.base_heldout,

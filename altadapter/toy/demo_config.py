@@ -108,7 +108,7 @@ class DemoPaths:
         self.runs = self.work / "runs"
         self.base_heldout = self.work / "base_world_heldout"
         self.logs = self.work / "logs"
-        self.samples = self.work / "samples"
+        self.samples = self.images / "samples"  # evaluation sheets, beside the grids the README shows
 
     def adapter(self, model: str) -> Path:
         kind, preserve = MODELS[model]
