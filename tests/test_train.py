@@ -26,8 +26,9 @@ import text_encoder_util_mlp_transfer
 from altadapter.adapter_io import read_adapter_file
 from altadapter.tiny_models import PRESETS, build_model_dir
 from altadapter.training import loop as train_module
+from altadapter.training.batches import batch_indices
 from altadapter.training.checkpoints import CheckpointError
-from altadapter.training.loop import batch_indices, train
+from altadapter.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
@@ -332,3 +333,17 @@ def test_validation_prompts_render_tuned_and_original_samples(dataset, tiny_mode
         )
         assert "grid_1_with_samples_2_with_steps_2.png" in names
         assert "grid_1_with_samples_2_with_steps_2_original.png" in names
+
+
+def test_diffusers_flag_names_are_aliases_of_the_write_ups(dataset, tiny_model_dir, tmp_path):
+    writeup = ["--data_dir", str(dataset), "--model_path", str(tiny_model_dir)]
+    writeup += ["--ckpt_dir", str(tmp_path), "--batch_size", "3"]
+    diffusers_names = [
+        "--train_data_dir",
+        str(dataset),
+        "--pretrained_model_name_or_path",
+        str(tiny_model_dir),
+    ]
+    diffusers_names += ["--output_dir", str(tmp_path), "--train_batch_size", "3"]
+    for script in SCRIPTS.values():
+        assert vars(script.parse_args(diffusers_names)) == vars(script.parse_args(writeup))

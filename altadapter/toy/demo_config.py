@@ -40,7 +40,7 @@ class DemoConfig:
     grid_prompts: int = 6  # prompts_generator.py prompts rendered into the write-up's grids
     grid_images: int = 4
     grid_steps: int = 20
-    max_train_steps: int = 150  # per adapter, four runs
+    max_train_steps: int = 1500  # per adapter, four runs
     batch_size: int = 16
     mlp_learning_rate: float = 1e-3
     prompt_learning_rate: float = 1e-2
@@ -50,7 +50,7 @@ class DemoConfig:
     num_prompts: int = 16
     preserve_weight: float = 1.0
     preserve_prompts: int = 180  # base-world prompts for the penalty, none of them among the evaluation's
-    eval_prompts: int = 30  # prompts per evaluation set
+    eval_prompts: int = 90  # prompts per evaluation set: one per attribute combination
     eval_images: int = 1  # pictures per evaluation prompt and model
     eval_steps: int = 20
     guidance_scale: float = TOY_BASE.guidance_scale
