@@ -56,7 +56,6 @@ class Run:
     """Everything a training run holds between steps. `adapter` is the accelerate-prepared module."""
 
     args: argparse.Namespace
-    kind: AdapterKind
     accelerator: Accelerator
     base: AltDiffusionBase
     adapter: torch.nn.Module
@@ -290,7 +289,6 @@ def setup_run(args: argparse.Namespace, kind: AdapterKind) -> Run:
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
     run = Run(
         args=args,
-        kind=kind,
         accelerator=accelerator,
         base=base,
         adapter=prepared,
