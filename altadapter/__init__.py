@@ -19,6 +19,8 @@ _PUBLIC = {
     "AltDiffusionBase": "altadapter.model",
     "MLPAdapter": "altadapter.adapters",
     "PromptAdapter": "altadapter.adapters",
+    "VocabAdapter": "altadapter.adapters",
+    "LoRAAdapter": "altadapter.adapters",
     "load_adapter": "altadapter.adapter_io",
     "save_adapter": "altadapter.adapter_io",
     "encode_text": "altadapter.encoding",

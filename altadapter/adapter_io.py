@@ -28,6 +28,8 @@ FORMAT = "altadapter/1"
 SCRIPTS: dict[str, tuple[str, str]] = {
     "mlp": ("text_encoder_util_mlp_transfer.py", "text_encoder_gen_show_mlp.py"),
     "prompt": ("text_encoder_util.py", "text_encoder_gen_show.py"),
+    "vocab": ("train_adapter.py --kind vocab", "render_adapter.py"),
+    "lora": ("train_adapter.py --kind lora", "render_adapter.py"),
 }
 
 
@@ -62,7 +64,13 @@ class AdapterMetadata:
         if strings.get("format") != FORMAT:
             raise AdapterFileError(
                 f"{path}: not an altadapter file (metadata format {strings.get('format')!r}, "
-                f"expected {FORMAT!r}); train one with {SCRIPTS['mlp'][0]} or {SCRIPTS['prompt'][0]}"
+                f"expected {FORMAT!r}); train one with {SCRIPTS['mlp'][0]}, {SCRIPTS['prompt'][0]} "
+                "or train_adapter.py"
+            )
+        if "kind" in strings and strings["kind"] not in SCRIPTS:
+            raise AdapterFileError(
+                f"{path}: an adapter of kind {strings.get('kind')!r}, which this version of altadapter "
+                f"({altadapter.__version__}) does not know; it knows {', '.join(SCRIPTS)}"
             )
         try:
             return cls(
@@ -165,6 +173,15 @@ def _read_legacy(path: Path) -> tuple[dict[str, torch.Tensor], AdapterMetadata]:
     raise AdapterFileError(f"{path}: tensors {sorted(state)[:4]} are neither an MLP nor a prompt adapter")
 
 
+def check_kind(path: Path, metadata: AdapterMetadata, expected_kind: AdapterKind | None) -> None:
+    """Refuse an adapter of another kind than `expected_kind` (None accepts any), naming its own script."""
+    if expected_kind is not None and metadata.kind != expected_kind:
+        raise AdapterFileError(
+            f"{path} is a {metadata.kind} adapter, not a {expected_kind} adapter: "
+            f"render it with {SCRIPTS[metadata.kind][1]}"
+        )
+
+
 def check_against_base(
     path: Path, metadata: AdapterMetadata, base: BaseInfo, *, allow_other_base: bool
 ) -> None:
@@ -178,6 +195,12 @@ def check_against_base(
         raise AdapterFileError(
             f"{path}: this {metadata.kind} adapter is {metadata.config.get('dim')} wide but the base's "
             f"{expected[0]} is {expected[1]}: it was trained on {trained_on}, pass that model as --model_path"
+        )
+    layers = metadata.config.get("num_layers")
+    if metadata.kind == "lora" and base.num_layers and layers != base.num_layers:
+        raise AdapterFileError(
+            f"{path}: this lora adapter has {layers} layers but the base's text encoder has "
+            f"{base.num_layers}: it was trained on {trained_on}, pass that model as --model_path"
         )
     if metadata.kind == "prompt" and metadata.config["num_prompts"] > base.max_text_positions - 2:
         raise AdapterFileError(
@@ -202,17 +225,13 @@ def load_adapter(
     """Read an adapter file, check it fits `base`, and return the fp32 adapter and its metadata."""
     path = Path(path)
     tensors, metadata = read_adapter_file(path)
-    if expected_kind is not None and metadata.kind != expected_kind:
-        raise AdapterFileError(
-            f"{path} is a {metadata.kind} adapter, not a {expected_kind} adapter: "
-            f"render it with {SCRIPTS[metadata.kind][1]}"
-        )
+    check_kind(path, metadata, expected_kind)
     check_against_base(path, metadata, base, allow_other_base=allow_other_base)
     try:
         adapter = build_adapter(metadata.kind, metadata.config)
         adapter.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
     except (TypeError, ValueError, RuntimeError) as error:
         raise AdapterFileError(
-            f"{path}: tensors do not match the metadata ({error}); the file is damaged"
+            f"{path}: tensors do not match the metadata ({' '.join(str(error).split())}); the file is damaged"
         ) from error
     return adapter.requires_grad_(False).eval(), metadata

@@ -1,8 +1,10 @@
-"""The two adapters: an MLP after the text encoder and learned prompt vectors before it.
+"""The adapter kinds: an MLP after the text encoder, learned prompt vectors before it, and (in their own
+modules) new vectors for the domain's tags (`vocab_adapter`) and LoRA inside it (`lora_adapter`).
 
-Both are small `nn.Module`s built from a validated config dataclass; neither loads anything itself.
-They meet the frozen encoder in `encoding`: `encode_tokens` splices prompt vectors into its input after
-`<s>`, `apply_mlp` runs the MLP over its output; `encode_text` picks the path for either kind.
+Each is a small `nn.Module` built from a validated config dataclass; none loads anything itself. They
+meet the frozen encoder in `encoding`: `encode_tokens` splices prompt vectors in after `<s>`, swaps tag
+vectors in for placeholder ids, or runs the encoder with the LoRA; `apply_mlp` runs the MLP over its
+output; `encode_text` picks the path for any kind.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-AdapterKind = Literal["mlp", "prompt"]
+from altadapter.lora_adapter import LoRAAdapter, LoRAConfig
+from altadapter.vocab_adapter import VocabAdapter, VocabConfig
+
+AdapterKind = Literal["mlp", "prompt", "vocab", "lora"]
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,12 @@ class PromptAdapter(nn.Module):
         return self.embeddings.unsqueeze(0).expand(batch_size, -1, -1)
 
 
-Adapter = MLPAdapter | PromptAdapter
+Adapter = MLPAdapter | PromptAdapter | VocabAdapter | LoRAAdapter
 ADAPTER_CLASSES: dict[str, tuple[type[Adapter], type]] = {
     "mlp": (MLPAdapter, MLPConfig),
     "prompt": (PromptAdapter, PromptConfig),
+    "vocab": (VocabAdapter, VocabConfig),
+    "lora": (LoRAAdapter, LoRAConfig),
 }
 
 
@@ -107,8 +114,11 @@ def build_adapter(kind: AdapterKind, config: dict) -> Adapter:
 
 
 def config_dict(adapter: Adapter) -> dict:
-    """The adapter's hyperparameters as a plain dict."""
-    return asdict(adapter.config)
+    """The adapter's hyperparameters as a plain dict, tuples as lists: what JSON gives back."""
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(adapter.config).items()
+    }
 
 
 def prompt_init_from_text(

@@ -1,4 +1,4 @@
-"""Text to UNet conditioning, for the original model and through either adapter.
+"""Text to UNet conditioning, for the original model and through any adapter kind.
 
 The original case reproduces the stock `AltDiffusionPipeline.encode_prompt` exactly: pad to the tokenizer's
 `model_max_length` (512 on m9), attention mask when the config asks for it, take the projection state.
@@ -9,6 +9,10 @@ knows, while the vectors still sit before the text they steer. Positions are cou
 attention mask as XLM-R counts them for token ids, and the total length stays within its 512 usable
 positions: with 100 vectors on m9 the text part is cut at 410 tokens (+ `<s>`, `</s>`) and the
 conditioning keeps the original's length of 512, so tuned and original prompts batch together.
+
+Vocab adapter: each of its tags in a prompt becomes placeholder ids past the vocabulary (see
+`vocab_adapter`); everything else is tokenized as the tokenizer does it, so a prompt without its tags
+is encoded exactly as the original. LoRA: the same token ids, through the encoder with the LoRA active.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from collections.abc import Sequence
 
 import torch
 
-from altadapter.adapters import Adapter, MLPAdapter, PromptAdapter
+from altadapter.adapters import Adapter, MLPAdapter, PromptAdapter, VocabAdapter
 from altadapter.model import AltDiffusionBase
+from altadapter.tag_text import tag_spans
+from altadapter.vocab_adapter import VocabConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +63,87 @@ def tokenize(
         # verbose=False: this call measures length on purpose; the warning below names the prompt instead.
         lengths = [len(ids) for ids in base.tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
         for prompt, length in zip(prompts, lengths, strict=True):
-            if length > max_length:
-                logger.warning(
-                    "prompt truncated to %d of its %d tokens: %r", max_length, length, _shorten(prompt)
-                )
+            _warn_if_truncated(prompt, length, max_length)
     return tokens.input_ids, tokens.attention_mask
+
+
+def tokenize_with_tags(
+    base: AltDiffusionBase, prompts: Sequence[str], config: VocabConfig, max_length: int, *, warn: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `tokenize`, with every whole tag of `config` replaced by its placeholder ids: (B, max_length) each.
+
+    A prompt's tags are split and normalised as the dataset's captions are (`,` or `，`, whitespace,
+    underscores as spaces); the tokens overlapping a matching tag's stretch between separators become
+    `vectors_per_tag` placeholders, V + t * n .. V + t * n + n - 1. Rows without a tag are `tokenize`'s.
+    """
+    prompts = list(prompts)
+    ids, mask = tokenize(base, prompts, max_length, warn=False)
+    index = {tag: t for t, tag in enumerate(config.tags)}
+    first = base.text_encoder.get_input_embeddings().num_embeddings  # placeholders start past the words
+    n = config.vectors_per_tag
+    full = base.tokenizer(
+        prompts, truncation=False, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
+    )
+    for row, prompt in enumerate(prompts):
+        tokens = full["input_ids"][row]
+        matches = [
+            (start, end, index[tag])
+            for start, end, tag in tag_spans(prompt, underscores_to_spaces=True)
+            if tag in index
+        ]
+        if not matches:
+            if warn:
+                _warn_if_truncated(prompt, len(tokens), max_length)
+            continue
+        content = _with_placeholders(
+            tokens, full["offset_mapping"][row], full["special_tokens_mask"][row], matches, first, n
+        )
+        if warn:
+            _warn_if_truncated(prompt, len(content) + 2, max_length)
+        sequence = [tokens[0], *content[: max_length - 2], tokens[-1]]  # <s> ... </s>, as truncation keeps
+        ids[row] = base.tokenizer.pad_token_id
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row] = 0
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+def _with_placeholders(
+    tokens: list[int],
+    offsets: list[tuple[int, int]],
+    specials: list[int],
+    matches: list[tuple[int, int, int]],
+    first: int,
+    n: int,
+) -> list[int]:
+    """One prompt's tokens without `<s>` and `</s>`, those overlapping a matched (start, end, tag) stretch
+    replaced by the tag's n placeholder ids, once per match."""
+    content: list[int] = []
+    placed: set[int] = set()
+    for token, (begin, finish), special in zip(tokens, offsets, specials, strict=True):
+        if special:
+            continue
+        # The match whose stretch this token overlaps (a zero-width token counts at its position).
+        hit = next(
+            (m for m, (s, e, _) in enumerate(matches) if begin < e and max(finish, begin + 1) > s), None
+        )
+        if hit is None:
+            content.append(token)
+        elif hit not in placed:
+            placed.add(hit)
+            content.extend(range(first + matches[hit][2] * n, first + matches[hit][2] * n + n))
+    return content
+
+
+def adapter_tokens(
+    base: AltDiffusionBase, prompts: Sequence[str], adapter: Adapter, *, warn: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token ids and mask (B, T) that `encode_tokens` takes for a prompt, vocab or LoRA adapter."""
+    if isinstance(adapter, PromptAdapter):
+        return tokenize(base, prompts, text_token_budget(base, adapter), warn=warn)
+    if isinstance(adapter, VocabAdapter):
+        return tokenize_with_tags(base, prompts, adapter.config, base.info.model_max_length, warn=warn)
+    return tokenize(base, prompts, base.info.model_max_length, warn=warn)
 
 
 def xlmr_position_ids(attention_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -73,27 +155,45 @@ def encode_tokens(
     base: AltDiffusionBase,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    prompt_adapter: PromptAdapter | torch.nn.Module | None = None,
+    adapter: torch.nn.Module | None = None,
+    *,
+    kind: str | None = None,
 ) -> torch.Tensor:
-    """Run the text encoder (with prompt vectors spliced in after `<s>`): (B, T) ids -> (B, L, D)."""
+    """Run the text encoder, through a prompt, vocab or LoRA adapter if given: (B, T) ids -> (B, L, D).
+
+    `kind` names the adapter's kind when `adapter` is wrapped (by DDP in training) and cannot say itself.
+    The adapter is called exactly once, as a DDP-wrapped module must be per backward pass.
+    """
     encoder = base.text_encoder
     input_ids = input_ids.to(encoder.device)
     attention_mask = attention_mask.to(encoder.device)
     use_mask = getattr(encoder.config, "use_attention_mask", False)
-    if prompt_adapter is None:
+    kind = kind or getattr(adapter, "kind", None)
+    if adapter is None:
         outputs = encoder(input_ids, attention_mask=attention_mask if use_mask else None, return_dict=True)
         return outputs[0].to(encoder.dtype)
-    words = encoder.get_input_embeddings()(input_ids)  # (B, T, H)
-    vectors = prompt_adapter(input_ids.shape[0]).to(words.dtype)  # (B, P, H)
-    inputs_embeds = torch.cat([words[:, :1], vectors, words[:, 1:]], dim=1)  # (B, T + P, H)
-    ones = attention_mask.new_ones(input_ids.shape[0], vectors.shape[1])
-    mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+    if kind == "lora":
+        return adapter(encoder, input_ids, attention_mask if use_mask else None).to(encoder.dtype)
+    embed = encoder.get_input_embeddings()
+    if kind == "prompt":
+        words = embed(input_ids)  # (B, T, H)
+        vectors = adapter(input_ids.shape[0]).to(words.dtype)  # (B, P, H)
+        inputs_embeds = torch.cat([words[:, :1], vectors, words[:, 1:]], dim=1)  # (B, T + P, H)
+        ones = attention_mask.new_ones(input_ids.shape[0], vectors.shape[1])
+        attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+    elif kind == "vocab":
+        slots = input_ids - embed.num_embeddings  # (B, T): a tag vector's row where >= 0, a word below
+        words = embed(input_ids.clamp(max=embed.num_embeddings - 1))  # (B, T, H)
+        vectors = adapter(slots.clamp(min=0)).to(words.dtype)  # (B, T, H)
+        inputs_embeds = torch.where((slots >= 0).unsqueeze(-1), vectors, words)
+    else:
+        raise ValueError(f"encode_tokens takes a prompt, vocab or lora adapter, not {kind!r}")
     # XLM-R numbers real tokens from pad_id + 1 and gives padding pad_id; it would number inputs_embeds
     # blindly 0..L, so pass the positions it would have computed for token ids.
-    position_ids = xlmr_position_ids(mask, encoder.config.pad_token_id)
+    position_ids = xlmr_position_ids(attention_mask, encoder.config.pad_token_id)
     outputs = encoder(
         inputs_embeds=inputs_embeds,
-        attention_mask=mask if use_mask else None,
+        attention_mask=attention_mask if use_mask else None,
         position_ids=position_ids,
         return_dict=True,
     )
@@ -119,19 +219,16 @@ def encode_text(
 
     scale 0 is the original model and 1 the tuned one; values between blend the two conditionings.
     """
-    length = conditioning_length(base, adapter)
-    if isinstance(adapter, PromptAdapter) and scale != 0.0:
-        ids, mask = tokenize(base, prompts, text_token_budget(base, adapter))
-        tuned = encode_tokens(base, ids, mask, adapter)
-        if scale == 1.0:
-            return tuned
-        ids, mask = tokenize(base, prompts, length, warn=False)
-        return torch.lerp(encode_tokens(base, ids, mask), tuned, scale)
-    ids, mask = tokenize(base, prompts, base.info.model_max_length)
-    original = encode_tokens(base, ids, mask)
-    if isinstance(adapter, MLPAdapter) and scale != 0.0:
-        return apply_mlp(adapter, original, scale)
-    return original
+    if adapter is None or scale == 0.0 or isinstance(adapter, MLPAdapter):
+        ids, mask = tokenize(base, prompts, base.info.model_max_length)
+        original = encode_tokens(base, ids, mask)
+        return apply_mlp(adapter, original, scale) if adapter is not None and scale != 0.0 else original
+    ids, mask = adapter_tokens(base, prompts, adapter)
+    tuned = encode_tokens(base, ids, mask, adapter)
+    if scale == 1.0:
+        return tuned
+    ids, mask = tokenize(base, prompts, conditioning_length(base, adapter), warn=False)
+    return torch.lerp(encode_tokens(base, ids, mask), tuned, scale)
 
 
 def encode_prompt_pair(
@@ -149,6 +246,11 @@ def encode_prompt_pair(
     positive = encode_text(base, prompts, adapter, scale=scale)
     negative = encode_text(base, [negative_prompt] * len(prompts), adapter, scale=scale)
     return positive, negative
+
+
+def _warn_if_truncated(prompt: str, length: int, max_length: int) -> None:
+    if length > max_length:
+        logger.warning("prompt truncated to %d of its %d tokens: %r", max_length, length, _shorten(prompt))
 
 
 def _shorten(text: str, limit: int = 80) -> str:

@@ -46,6 +46,7 @@ class BaseInfo:
     max_text_positions: int  # tokens XLM-R can place: max_position_embeddings - pad_id - 1 (512 on m9)
     vocab_size: int
     fingerprint: str
+    num_layers: int = 0  # encoder layers, what a LoRA adapter must agree with (24 on m9); 0: not recorded
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -165,6 +166,7 @@ def load_base(
         max_text_positions=config.max_position_embeddings - config.pad_token_id - 1,
         vocab_size=config.vocab_size,
         fingerprint=fingerprint(text_encoder, unet, vae),
+        num_layers=config.num_hidden_layers,
     )
     if unet.config.cross_attention_dim != config.project_dim:
         raise BaseModelError(

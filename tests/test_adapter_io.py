@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 
 import pytest
+import safetensors
 import torch
+from safetensors.torch import load_file, save_file
 
 from altadapter.adapter_io import AdapterFileError, load_adapter, read_adapter_file, save_adapter
-from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.adapters import (
+    LoRAAdapter,
+    LoRAConfig,
+    MLPAdapter,
+    MLPConfig,
+    PromptAdapter,
+    PromptConfig,
+    VocabAdapter,
+    VocabConfig,
+)
 from altadapter.model import BaseInfo
 
 M9 = BaseInfo(
@@ -21,7 +33,9 @@ M9 = BaseInfo(
     max_text_positions=512,
     vocab_size=250002,
     fingerprint="0123456789abcdef",
+    num_layers=24,
 )
+TAGS = ("lappland", "安洁莉娜", "long hair", "^_^")
 KiB = 1024
 
 
@@ -141,3 +155,106 @@ def test_saved_file_gets_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of a temporary file
+
+
+def vocab_adapter(dim: int = 1024, vectors_per_tag: int = 2) -> VocabAdapter:
+    config = VocabConfig(dim=dim, tags=TAGS, vectors_per_tag=vectors_per_tag)
+    return VocabAdapter(config, torch.randn(config.num_vectors, dim))
+
+
+def lora_adapter(dim: int = 1024, num_layers: int = 24, **options) -> LoRAAdapter:
+    adapter = LoRAAdapter(LoRAConfig(dim=dim, num_layers=num_layers, **options))
+    for parameter in adapter.parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    return adapter
+
+
+def test_vocab_round_trip_keeps_the_tag_strings_beside_their_vectors(tmp_path):
+    adapter = vocab_adapter()
+    path = save_adapter(tmp_path / "v.safetensors", adapter, M9, step=7)
+    loaded, metadata = load_adapter(path, M9, expected_kind="vocab")
+    assert metadata.kind == "vocab" and metadata.config["tags"] == list(TAGS)
+    assert loaded.config == adapter.config and loaded.config.tags == TAGS
+    assert torch.equal(loaded.embeddings, adapter.embeddings)
+    assert list(load_file(str(path))) == ["embeddings"]  # (8, 1024): rows 2t, 2t + 1 are TAGS[t]'s
+    assert 8 * 1024 * 4 < path.stat().st_size < 8 * 1024 * 4 + 4 * KiB
+
+
+def test_lora_round_trip_stores_only_the_lora_tensors_under_peft_names(tmp_path):
+    adapter = lora_adapter(rank=4, alpha=8.0, targets=("query", "value"))
+    path = save_adapter(tmp_path / "l.safetensors", adapter, M9)
+    loaded, metadata = load_adapter(path, M9, expected_kind="lora")
+    assert metadata.config == {
+        "dim": 1024,
+        "num_layers": 24,
+        "rank": 4,
+        "alpha": 8.0,
+        "targets": ["query", "value"],
+    }
+    tensors = load_file(str(path))
+    assert len(tensors) == 24 * 2 * 2
+    assert tensors["roberta.encoder.layer.23.attention.self.value.lora_B.weight"].shape == (1024, 4)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in adapter.state_dict().items())
+    full = save_adapter(tmp_path / "full.safetensors", lora_adapter(), M9).stat().st_size
+    assert 786_432 * 4 < full < 786_432 * 4 + 32 * KiB  # rank 4 on q, k, v, out: 3 MiB
+
+
+@pytest.mark.parametrize("kind", ["vocab", "lora"])
+def test_new_kinds_are_refused_by_the_other_scripts_naming_render_adapter(tmp_path, kind):
+    adapter = vocab_adapter() if kind == "vocab" else lora_adapter()
+    path = save_adapter(tmp_path / "a.safetensors", adapter, M9)
+    with pytest.raises(
+        AdapterFileError, match=f"is a {kind} adapter, not a prompt adapter: render it with render_adapter.py"
+    ):
+        load_adapter(path, M9, expected_kind="prompt")
+    with pytest.raises(
+        AdapterFileError, match=f"is a mlp adapter, not a {kind} adapter.*text_encoder_gen_show_mlp.py"
+    ):
+        load_adapter(save_adapter(tmp_path / "m.safetensors", trained_mlp(), M9), M9, expected_kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["vocab", "lora"])
+def test_new_kinds_are_refused_for_another_base_or_when_truncated(tmp_path, kind):
+    adapter = vocab_adapter() if kind == "vocab" else lora_adapter()
+    path = save_adapter(tmp_path / "a.safetensors", adapter, M9)
+    with pytest.raises(AdapterFileError, match="weights differ.*--allow_other_base"):
+        load_adapter(path, dataclasses.replace(M9, fingerprint="fedcba9876543210"))
+    with pytest.raises(
+        AdapterFileError, match=f"this {kind} adapter is 1024 wide but the base's hidden_size is 32"
+    ):
+        load_adapter(path, dataclasses.replace(M9, hidden_size=32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(AdapterFileError, match="not a readable .safetensors file.*truncated or corrupt"):
+        load_adapter(path, M9)
+
+
+def test_lora_for_an_encoder_of_other_depth_is_refused(tmp_path):
+    path = save_adapter(tmp_path / "l.safetensors", lora_adapter(), M9)
+    with pytest.raises(
+        AdapterFileError, match="has 24 layers but the base's text encoder has 12.*--model_path"
+    ):
+        load_adapter(path, dataclasses.replace(M9, num_layers=12))
+
+
+def test_tensors_that_disagree_with_the_metadata_are_refused(tmp_path):
+    path = save_adapter(tmp_path / "v.safetensors", vocab_adapter(), M9)
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    config = json.loads(metadata["config"])
+    save_file(
+        load_file(str(path)),
+        str(path),
+        metadata={**metadata, "config": json.dumps({**config, "tags": config["tags"][:3]})},
+    )
+    with pytest.raises(AdapterFileError, match="tensors do not match the metadata"):
+        load_adapter(path, M9)
+    lora = save_adapter(tmp_path / "l.safetensors", lora_adapter(), M9)
+    tensors = load_file(str(lora))
+    tensors.pop("roberta.encoder.layer.5.attention.output.dense.lora_A.weight")
+    with safetensors.safe_open(str(lora), framework="pt") as handle:
+        save_file(tensors, str(lora), metadata=handle.metadata())
+    with pytest.raises(AdapterFileError, match="tensors do not match the metadata.*layer.5.attention.output"):
+        load_adapter(lora, M9)
+    save_file(tensors, str(lora), metadata={**metadata, "kind": "dora"})
+    with pytest.raises(AdapterFileError, match="kind 'dora', which this version of altadapter"):
+        read_adapter_file(lora)

@@ -1,4 +1,4 @@
-"""The two rendering scripts, run as a user runs them on a tiny model; bad input ends in one line on stderr."""
+"""The rendering scripts, run as a user runs them on a tiny model; bad input ends in one line on stderr."""
 
 from __future__ import annotations
 
@@ -17,7 +17,16 @@ from PIL import Image
 from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altadapter.adapter_io import save_adapter
-from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.adapters import (
+    LoRAAdapter,
+    LoRAConfig,
+    MLPAdapter,
+    MLPConfig,
+    PromptAdapter,
+    PromptConfig,
+    VocabAdapter,
+    VocabConfig,
+)
 from altadapter.rendering.clip_score import ClipScorer
 from altadapter.tiny_models import BASIC_WORDS, build_tokenizer
 
@@ -69,15 +78,23 @@ def load_script(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def files(tiny_base, tmp_path_factory) -> dict[str, Path]:
-    """Both kinds of adapter, one fitted to another base, a prompts file with an over-long prompt, AltCLIP."""
+    """Every kind of adapter, one fitted to another base, a prompts file with an over-long prompt, AltCLIP."""
     root = tmp_path_factory.mktemp("render-inputs")
     mlp = MLPAdapter(MLPConfig(dim=tiny_base.info.project_dim))
     torch.nn.init.normal_(mlp.layers[0].weight, std=3.0)
     prompt = PromptAdapter(PromptConfig(dim=tiny_base.info.hidden_size, num_prompts=3))
     other_base = dataclasses.replace(tiny_base.info, name="other-model", fingerprint="0123456789abcdef")
+    vocab = VocabAdapter(VocabConfig(dim=tiny_base.info.hidden_size, tags=("red hair", "solo")))
+    torch.nn.init.normal_(vocab.embeddings, std=3.0)
+    lora = LoRAAdapter(LoRAConfig(dim=tiny_base.info.hidden_size, num_layers=tiny_base.info.num_layers))
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=1.0)
     prompts = root / "prompts.txt"
     prompts.write_text(f"1girl, solo, red hair\n\n{LONG_PROMPT}\n", encoding="utf-8")
     return {
+        "vocab": save_adapter(root / "vocab.safetensors", vocab, tiny_base.info, step=5),
+        "lora": save_adapter(root / "lora.safetensors", lora, tiny_base.info, step=6),
         "mlp": save_adapter(root / "mlp.safetensors", mlp, tiny_base.info, step=3),
         "prompt": save_adapter(
             root / "prompt.safetensors", prompt, tiny_base.info, step=4, extra={"validation_loss": 0.5}
@@ -140,9 +157,71 @@ def test_mlp_script_adds_the_full_table_from_the_prompt_run(tiny_model_dir, file
             assert np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs)).max() <= 1
 
 
+def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
+    tiny_model_dir, files, tmp_path
+):
+    flags = ("--model_path", tiny_model_dir, "--prompts", files["prompts"], *SCRIPT_FLAGS)
+    vocab_dir, lora_dir = tmp_path / "vocab", tmp_path / "lora"
+    done = run_script("render_adapter.py", "--adapter", files["vocab"], "--output_dir", vocab_dir, *flags)
+    assert done.returncode == 0, done.stderr
+    report = (vocab_dir / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# Vocab adapter: tuned and original, from the same noise")
+    assert "## Nearest vocabulary tokens of each tag vector (cosine)" in report and "| red hair | `" in report
+    record = json.loads((vocab_dir / "render.json").read_text(encoding="utf-8"))
+    assert record["kind"] == "vocab" and record["adapter"]["config"]["tags"] == ["red hair", "solo"]
+    done = run_script(
+        "render_adapter.py",
+        "--adapter",
+        files["lora"],
+        "--output_dir",
+        lora_dir,
+        "--compare_with",
+        vocab_dir,
+        *flags,
+    )
+    assert done.returncode == 0, done.stderr
+    report = (lora_dir / "report.md").read_text(encoding="utf-8")
+    assert (
+        "## Vocab, LoRA and the original side by side" in report
+        and "| index | prompt | Vocab | LoRA | original |" in report
+    )
+    assert "Nearest vocabulary tokens" not in report
+    for index in (0, 1):
+        grid = f"grid_{index}_with_samples_2_with_steps_2.png"
+        with (
+            Image.open(lora_dir / grid) as tuned,
+            Image.open(lora_dir / grid.replace(".png", "_original.png")) as original,
+        ):
+            assert np.abs(np.asarray(tuned, dtype=np.int16) - np.asarray(original)).max() > 0  # the LoRA acts
+        # Same seeds and settings: both runs rendered the same original images.
+        name = f"grid_{index}_with_samples_2_with_steps_2_original.png"
+        with Image.open(lora_dir / name) as ours, Image.open(vocab_dir / name) as theirs:
+            assert np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs)).max() <= 1
+
+
 @pytest.mark.parametrize(
     ("script", "adapter", "extra", "message"),
     [
+        (
+            "text_encoder_gen_show.py",
+            "lora",
+            [],
+            "is a lora adapter, not a prompt adapter: render it with render_adapter.py",
+        ),
+        (
+            "text_encoder_gen_show_mlp.py",
+            "vocab",
+            [],
+            "is a vocab adapter, not a mlp adapter: render it with render_adapter.py",
+        ),
+        ("render_adapter.py", "nope.safetensors", [], "nope.safetensors: no such adapter file"),
+        (
+            "render_adapter.py",
+            "lora",
+            ["--top_k_tokens", "3"],
+            "--top_k_tokens applies to prompt and vocab adapters; .* is a lora adapter",
+        ),
+        ("render_adapter.py", "other_base", [], "trained on other-model .*--allow_other_base"),
         ("text_encoder_gen_show.py", "nope.safetensors", [], "nope.safetensors: no such adapter file"),
         (
             "text_encoder_gen_show.py",
@@ -191,6 +270,7 @@ def test_both_scripts_share_one_flag_vocabulary(capsys):
         return set(re.findall(r"--[a-z_]+", capsys.readouterr().out))
 
     assert flags("text_encoder_gen_show.py") - flags("text_encoder_gen_show_mlp.py") == {"--top_k_tokens"}
+    assert flags("render_adapter.py") == flags("text_encoder_gen_show.py")
 
 
 def test_clip_score_is_100_times_the_cosine_of_image_and_text(files):

@@ -35,6 +35,13 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
             ["--adapter", "{tmp}/a.safetensors", "--prompts", "{missing}"],
             "{missing}",
         ),
+        ("train_adapter.py", ["--kind", "vocab", "--train_data_dir", "{missing}"], "--data_dir {missing}"),
+        (
+            "train_adapter.py",
+            ["--kind", "lora", "--data_dir", "{tmp}", "--resolution", "20"],
+            "--resolution 20",
+        ),
+        ("render_adapter.py", ["--adapter", "{missing}", "--prompt", "a"], "{missing}"),
     ],
 )
 def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_path):
@@ -45,6 +52,20 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_p
     assert "Traceback" not in result.stderr
     assert lines[-1].startswith("error: ") and named.format(**values) in lines[-1]
     assert all(not line.startswith(("error", "Traceback")) for line in lines[:-1])
+
+
+@pytest.mark.parametrize(
+    ("bad_flags", "named"),
+    [
+        (["--kind", "vocab", "--rank", "8"], "--rank is a flag of --kind lora, not of --kind vocab"),
+        (["--kind", "dora"], "argument --kind: invalid choice: 'dora'"),
+        ([], "the following arguments are required: --kind"),
+    ],
+)
+def test_train_adapter_takes_only_the_flags_of_its_kind(bad_flags, named, tmp_path):
+    result = run_script("train_adapter.py", "--data_dir", str(tmp_path), *bad_flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"train_adapter.py: error: {named}")
 
 
 def test_verbose_keeps_the_traceback(tmp_path):

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from altadapter.data.tags import TagFileError, find_tagged_images, join_tags, read_tag_file, split_tags
+from altadapter.tag_text import tag_spans
 
 # The beginning and the end of the write-up's prompt #4, which switches to full-width commas mid-prompt.
 WRITEUP_PROMPT_4 = (
@@ -46,6 +47,20 @@ def test_split_tags_underscores_to_spaces_keeps_kaomoji():
     text = "long_hair, ^_^, long hair, looking_at_viewer"
     assert split_tags(text) == ["long_hair", "^_^", "long hair", "looking_at_viewer"]
     assert split_tags(text, underscores_to_spaces=True) == ["long hair", "^_^", "looking at viewer"]
+
+
+def test_tag_spans_keep_repeats_and_the_stretch_between_separators():
+    text = "\ufeff1girl ,long_hair，  long   hair,,^_^"
+    spans = tag_spans(text, underscores_to_spaces=True)
+    assert [tag for _, _, tag in spans] == ["1girl", "long hair", "long hair", "^_^"]
+    assert [text[start:end] for start, end, _ in spans] == [
+        "\ufeff1girl ",
+        "long_hair",
+        "  long   hair",
+        "^_^",
+    ]
+    # The same tags split_tags gives, before it drops the repeat.
+    assert list(dict.fromkeys(tag for _, _, tag in spans)) == split_tags(text, underscores_to_spaces=True)
 
 
 def test_join_tags_round_trips_through_split_tags():

@@ -1,4 +1,4 @@
-"""The training loop both scripts share: learning, caching, exact resume, precision and bad configurations."""
+"""The one training loop of all scripts: learning, caching, exact resume, precision and bad configurations."""
 
 from __future__ import annotations
 
@@ -23,16 +23,28 @@ from safetensors.torch import load_file
 
 import text_encoder_util
 import text_encoder_util_mlp_transfer
+import train_adapter
 from altadapter.adapter_io import read_adapter_file
 from altadapter.tiny_models import PRESETS, build_model_dir
 from altadapter.training import loop as train_module
 from altadapter.training.batches import batch_indices
-from altadapter.training.checkpoints import CheckpointError
+from altadapter.training.checkpoints import CheckpointError, check_checkpoint_kind
 from altadapter.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
-SCRIPTS = {"mlp": text_encoder_util_mlp_transfer, "prompt": text_encoder_util}
+SCRIPTS = {
+    "mlp": text_encoder_util_mlp_transfer,
+    "prompt": text_encoder_util,
+    "vocab": train_adapter,
+    "lora": train_adapter,
+}
+NAMES = {
+    "mlp": "altm9-single-layer",
+    "prompt": "altm9-prompt-embedding",
+    "vocab": "tiny-vocab",
+    "lora": "tiny-lora",
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +72,23 @@ def run_args(kind: str, data: Path, model: Path, out: Path, *extra: str) -> list
         "2",
     ]
     if kind == "mlp":
+        specific = ["--batch_size", "3", "--mixed_precision", "no", "--num_layers", "1"]
+    elif kind == "prompt":
+        specific = ["--batch_size", "6", "--mixed_precision", "bf16", "--num_prompts", "4"]
+    elif kind == "vocab":  # the dataset's 7 tags, 2 vectors each
         specific = [
+            "--kind",
+            "vocab",
             "--batch_size",
-            "3",
+            "6",
             "--mixed_precision",
-            "no",
-            "--name",
-            "altm9-single-layer",
-            "--num_layers",
-            "1",
+            "bf16",
+            "--vectors_per_tag",
+            "2",
         ]
     else:
-        specific = ["--batch_size", "6", "--mixed_precision", "bf16", "--name", "altm9-prompt-embedding"]
-        specific += ["--num_prompts", "4"]
-    return [*common, *specific, *extra]
+        specific = ["--kind", "lora", "--batch_size", "3", "--mixed_precision", "bf16", "--rank", "2"]
+    return [*common, *specific, "--name", NAMES[kind], *extra]
 
 
 def train_in_process(kind: str, *argv: str) -> Path:
@@ -89,15 +104,18 @@ def adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def state_checksum(module: torch.nn.Module) -> str:
+    """A hash of the module's own weights, under their own names; LoRA weights peft injected left out."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode() + tensor.float().numpy().tobytes())
+        if "lora_" not in name:
+            digest.update(name.replace(".base_layer", "").encode() + tensor.float().numpy().tobytes())
     return digest.hexdigest()
 
 
-@pytest.mark.parametrize("kind", ["mlp", "prompt"])
+@pytest.mark.parametrize("kind", ["mlp", "prompt", "vocab", "lora"])
 def test_script_runs_end_to_end_with_the_write_ups_flags(kind, dataset, tiny_model_dir, tmp_path):
-    """The MLP as the write-up ran it (fp32, batch 3); the prompt adapter in bf16 at batch 6."""
+    """The MLP as the write-up ran it (fp32, batch 3); the prompt adapter in bf16 at batch 6; the new
+    kinds through train_adapter.py, in bf16."""
     script = REPO / f"{SCRIPTS[kind].__name__}.py"
     result = subprocess.run(
         [sys.executable, str(script), *run_args(kind, dataset, tiny_model_dir, tmp_path)],
@@ -107,14 +125,20 @@ def test_script_runs_end_to_end_with_the_write_ups_flags(kind, dataset, tiny_mod
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    name = "altm9-single-layer" if kind == "mlp" else "altm9-prompt-embedding"
+    name = NAMES[kind]
     tensors, metadata = read_adapter_file(tmp_path / name / f"{name}.safetensors")
     assert metadata.kind == kind and metadata.step == 4
     assert sorted(p.name for p in (tmp_path / name).glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert all(torch.isfinite(t).all() for t in tensors.values())
+    if kind == "vocab":  # every tag of the dataset, most frequent first, stored beside its vectors
+        assert metadata.config["tags"][:3] == ["1girl", "dress", "solo"] and len(metadata.config["tags"]) == 7
+        assert tensors["embeddings"].shape == (14, 32)
+    if kind == "lora":  # only the LoRA tensors, under peft's names; B has left zero
+        assert len(tensors) == 2 * 4 * 2 and metadata.config["rank"] == 2
+        assert tensors["roberta.encoder.layer.1.attention.output.dense.lora_B.weight"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", ["mlp", "prompt"])
+@pytest.mark.parametrize("kind", ["mlp", "prompt", "vocab", "lora"])
 def test_adapter_learns_a_small_overfit_set(kind, dataset, tiny_model_dir, tmp_path):
     args = run_args(kind, dataset, tiny_model_dir, tmp_path, "--validation_dir", str(dataset))
     args += ["--max_train_steps", "30", "--learning_rate", "3e-3", "--validation_steps", "30"]
@@ -143,26 +167,35 @@ def test_mlp_training_never_runs_the_text_encoder_per_step(dataset, tiny_model_d
     assert two == six > 0  # only the one-off caption cache, however many steps
 
 
-def test_prompt_training_runs_the_encoder_every_step(dataset, tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["prompt", "vocab", "lora"])
+def test_training_runs_the_encoder_every_step_for_adapters_in_it(
+    kind, dataset, tiny_model_dir, tmp_path, monkeypatch
+):
     two, six = (
-        encoder_calls("prompt", s, dataset, tiny_model_dir, tmp_path / s, monkeypatch) for s in ("2", "6")
+        encoder_calls(kind, s, dataset, tiny_model_dir, tmp_path / s, monkeypatch) for s in ("2", "6")
     )
     assert six - two == 4
 
 
-def test_base_weights_are_unchanged_by_training(dataset, tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["prompt", "vocab", "lora"])
+def test_base_weights_are_unchanged_by_training(kind, dataset, tiny_model_dir, tmp_path, monkeypatch):
     loaded = []
     real_load = train_module.load_base
     monkeypatch.setattr(
         train_module, "load_base", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1]
     )
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_model_dir.rglob("*.safetensors")}
-    train_in_process(
-        "prompt", *run_args("prompt", dataset, tiny_model_dir, tmp_path), "--mixed_precision", "no"
+    trained = train_in_process(
+        kind, *run_args(kind, dataset, tiny_model_dir, tmp_path), "--mixed_precision", "no"
     )
     fresh = real_load(tiny_model_dir)
     for name in ("text_encoder", "unet", "vae"):
         assert state_checksum(getattr(loaded[0], name)) == state_checksum(getattr(fresh, name))
+    if kind == "lora":  # what trained are the LoRA weights, and they are all the encoder gained
+        lora = [name for name in loaded[0].text_encoder.state_dict() if "lora_" in name]
+        saved = adapter_tensors(trained)
+        assert len(lora) == len(saved) == 2 * 4 * 2
+        assert all(t.abs().sum() > 0 for n, t in saved.items() if "lora_B" in n)
     assert before == {
         p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tiny_model_dir.rglob("*.safetensors")
     }
@@ -198,7 +231,8 @@ def test_latent_cache_on_disk_is_reused(dataset, tiny_model_dir, tmp_path):
     assert len(list(cache.iterdir())) == 16
 
 
-def test_killed_run_resumes_to_the_same_adapter_bit_for_bit(dataset, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["mlp", "vocab", "lora"])
+def test_killed_run_resumes_to_the_same_adapter_bit_for_bit(kind, dataset, tiny_model_dir, tmp_path):
     steps = [
         "--max_train_steps",
         "8",
@@ -208,20 +242,20 @@ def test_killed_run_resumes_to_the_same_adapter_bit_for_bit(dataset, tiny_model_
         "--preserve_weight",
         "0.5",
     ]
-    reference = train_in_process("mlp", *run_args("mlp", dataset, tiny_model_dir, tmp_path / "whole"), *steps)
+    reference = train_in_process(kind, *run_args(kind, dataset, tiny_model_dir, tmp_path / "whole"), *steps)
 
-    argv = run_args("mlp", dataset, tiny_model_dir, tmp_path / "killed", *steps)
-    script = REPO / "text_encoder_util_mlp_transfer.py"
+    argv = run_args(kind, dataset, tiny_model_dir, tmp_path / "killed", *steps)
+    script = REPO / f"{SCRIPTS[kind].__name__}.py"
     process = subprocess.Popen([sys.executable, str(script), *argv], cwd=REPO, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / "killed" / "altm9-single-layer"
+    run_dir = tmp_path / "killed" / NAMES[kind]
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoint-4").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (run_dir / "altm9-single-layer.safetensors").exists(), "killed too late to test resuming"
+    assert not (run_dir / f"{NAMES[kind]}.safetensors").exists(), "killed too late to test resuming"
 
-    resumed = train_in_process("mlp", *argv, "--resume_from_checkpoint", "latest")
+    resumed = train_in_process(kind, *argv, "--resume_from_checkpoint", "latest")
     for name, tensor in adapter_tensors(reference).items():
         assert torch.equal(adapter_tensors(resumed)[name], tensor), name
 
@@ -233,7 +267,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["prompt", "lora"])
+def test_two_process_torchrun_writes_one_identical_adapter(kind, dataset, tiny_model_dir, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,
@@ -244,7 +279,10 @@ def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_d
         "--master_port",
         str(free_port()),
     ]
-    command += [str(REPO / "text_encoder_util.py"), *run_args("prompt", dataset, tiny_model_dir, tmp_path)]
+    command += [
+        str(REPO / f"{SCRIPTS[kind].__name__}.py"),
+        *run_args(kind, dataset, tiny_model_dir, tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     digests = {
@@ -252,9 +290,7 @@ def test_two_process_torchrun_writes_one_identical_adapter(dataset, tiny_model_d
     }
     processes = {line.split("on process ")[1] for line in result.stderr.splitlines() if "on process" in line}
     assert processes == {"0", "1"} and len(digests) == 1
-    assert [p.name for p in (tmp_path / "altm9-prompt-embedding").glob("*.safetensors")] == [
-        "altm9-prompt-embedding.safetensors"
-    ]
+    assert [p.name for p in (tmp_path / NAMES[kind]).glob("*.safetensors")] == [f"{NAMES[kind]}.safetensors"]
 
 
 def write_dataset_of_broken_files(folder: Path) -> Path:
@@ -279,6 +315,32 @@ def test_bad_configuration_fails_before_training(change, message, dataset, tiny_
     with pytest.raises(ValueError, match=message):
         train_in_process("prompt", *argv)
     assert not (tmp_path / "altm9-prompt-embedding").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "message"),
+    [
+        ("vocab", ["--tags", "/nonexistent/tags.txt"], "--tags /nonexistent/tags.txt: no such file"),
+        ("vocab", ["--vectors_per_tag", "0"], "--vectors_per_tag must be at least 1"),
+        ("lora", ["--rank", "0"], "--rank must be at least 1"),
+        ("lora", ["--lora_alpha", "-1"], "--lora_alpha must be positive"),
+        ("lora", ["--lora_targets", "query", "query"], "names a projection twice"),
+    ],
+)
+def test_bad_new_kind_configuration_fails_before_training(
+    kind, extra, message, dataset, tiny_model_dir, tmp_path
+):
+    with pytest.raises(ValueError, match=message):
+        train_in_process(kind, *run_args(kind, dataset, tiny_model_dir, tmp_path, *extra))
+    assert not (tmp_path / NAMES[kind]).exists()
+
+
+def test_vocab_learns_the_tags_of_a_tags_file(dataset, tiny_model_dir, tmp_path):
+    tags = tmp_path / "tags.txt"
+    tags.write_text("red_hair\nblue hair, lappland\n", encoding="utf-8")
+    argv = run_args("vocab", dataset, tiny_model_dir, tmp_path, "--tags", str(tags), "--max_train_steps", "1")
+    _, metadata = read_adapter_file(train_in_process("vocab", *argv))
+    assert metadata.config["tags"] == ["red hair", "blue hair", "lappland"]
 
 
 def test_empty_dataset_is_refused(tiny_model_dir, tmp_path):
@@ -308,6 +370,14 @@ def test_resume_of_the_other_kind_or_another_base_is_refused(dataset, tiny_model
         train_in_process(
             "mlp", *run_args("mlp", dataset, other, tmp_path / "o", "--resume_from_checkpoint", checkpoint)
         )
+
+
+@pytest.mark.parametrize("kind", ["vocab", "lora"])
+def test_a_checkpoint_of_a_new_kind_names_train_adapter_with_its_kind(kind, tmp_path):
+    with pytest.raises(
+        CheckpointError, match=f"holds a {kind} adapter; resume it with train_adapter.py --kind {kind}"
+    ):
+        check_checkpoint_kind(tmp_path, {"kind": kind, "config": {}}, "mlp")
 
 
 def test_checkpoint_info_records_kind_and_base(dataset, tiny_model_dir, tiny_base, tmp_path):
@@ -345,5 +415,23 @@ def test_diffusers_flag_names_are_aliases_of_the_write_ups(dataset, tiny_model_d
         str(tiny_model_dir),
     ]
     diffusers_names += ["--output_dir", str(tmp_path), "--train_batch_size", "3"]
-    for script in SCRIPTS.values():
-        assert vars(script.parse_args(diffusers_names)) == vars(script.parse_args(writeup))
+    for kind, script in SCRIPTS.items():
+        chosen = ["--kind", kind] if script is train_adapter else []
+        assert vars(script.parse_args([*diffusers_names, *chosen])) == vars(
+            script.parse_args([*writeup, *chosen])
+        )
+
+
+def test_train_adapter_takes_each_kind_with_its_scripts_flags_and_refuses_the_others(dataset, capsys):
+    for kind in ("mlp", "prompt"):
+        argv = ["--data_dir", str(dataset), "--learning_rate", "0.5"]
+        ours = vars(train_adapter.parse_args([*argv, "--kind", kind]))
+        assert ours.pop("kind") == kind and ours == vars(SCRIPTS[kind].parse_args(argv))
+    with pytest.raises(SystemExit):
+        train_adapter.parse_args(["--data_dir", str(dataset), "--kind", "vocab", "--num_layers", "2"])
+    assert "error: --num_layers is a flag of --kind mlp, not of --kind vocab" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_adapter.parse_args(["--data_dir", str(dataset), "--kind", "lora", "--init_text=a cat"])
+    assert (
+        "error: --init_text is a flag of --kind prompt / vocab, not of --kind lora" in capsys.readouterr().err
+    )

@@ -27,12 +27,12 @@ class TagVocabulary:
     num_captions: int
 
     @classmethod
-    def from_captions(cls, captions: Iterable[str]) -> TagVocabulary:
+    def from_captions(cls, captions: Iterable[str], *, underscores_to_spaces: bool = False) -> TagVocabulary:
         """Count tags over captions, split by the project's one tag normaliser."""
         counts: Counter[str] = Counter()
         num_captions = 0
         for caption in captions:
-            counts.update(split_tags(caption))
+            counts.update(split_tags(caption, underscores_to_spaces=underscores_to_spaces))
             num_captions += 1
         return cls(counts, num_captions)
 

@@ -1,23 +1,17 @@
-"""Danbooru-style tags: the one tag normaliser, tag-file reading, and matching images to sidecar tag files."""
+"""Danbooru-style tags: captions split by the one normaliser (`altadapter.tag_text`), tag files, sidecars."""
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from altadapter.tag_text import SEPARATORS, normalise_tag
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Order is preference: an image with both `name.txt` and `name.caption` takes `name.txt`.
 TAG_EXTENSIONS = (".txt", ".caption")
-
-# The write-up's prompts mix ASCII `,` and full-width `，`; one-tag-per-line files separate by newlines.
-_SEPARATORS = re.compile(r"[,，\r\n]")
-# Danbooru keeps underscores inside these emoticon tags; turning them into spaces would change their meaning.
-_KAOMOJI = frozenset(
-    {"^_^", "o_o", "0_0", "x_x", "u_u", "=_=", ">_<", "@_@", "+_+", "+_-", "._.", "3_3", "6_9", ">_o", "|_|"}
-)
 
 
 class TagFileError(ValueError):
@@ -44,11 +38,9 @@ def split_tags(text: str, *, underscores_to_spaces: bool = False) -> list[str]:
     """Split a caption on `,` `，` and newlines; tags stripped, empty ones and repeats dropped, order kept."""
     tags: list[str] = []
     seen: set[str] = set()
-    for raw in _SEPARATORS.split(text.replace("\ufeff", "")):
-        # Collapse inner runs of whitespace too, so "long  hair" and "long hair" count as one tag.
-        tag = " ".join(raw.split())
-        if underscores_to_spaces and tag not in _KAOMOJI:
-            tag = " ".join(tag.replace("_", " ").split())
+    for raw in SEPARATORS.split(text):
+        # Inner runs of whitespace collapse too, so "long  hair" and "long hair" count as one tag.
+        tag = normalise_tag(raw, underscores_to_spaces=underscores_to_spaces)
         if tag and tag not in seen:
             seen.add(tag)
             tags.append(tag)

@@ -1,4 +1,5 @@
-"""Flags and run of the two rendering scripts, which differ only in the adapter kind they accept."""
+"""Flags and run of the rendering scripts: the write-up's two accept one adapter kind each, and
+render_adapter.py (kind None here) any kind, read from the adapter file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from altadapter.adapter_io import SCRIPTS, load_adapter, read_adapter_file
+from altadapter.adapter_io import SCRIPTS, check_kind, load_adapter, read_adapter_file
 from altadapter.adapters import AdapterKind
 from altadapter.cli_args import add_model_args, add_verbose_arg, setup_logging, user_errors
 from altadapter.data.prompts import read_prompts
@@ -21,7 +22,11 @@ from altadapter.rendering.schedulers import SCHEDULERS
 logger = logging.getLogger(__name__)
 
 
-def build_parser(kind: AdapterKind, description: str) -> argparse.ArgumentParser:
+# Kinds whose adapters are learned input vectors, whose nearest vocabulary tokens report.md can list.
+VECTOR_KINDS = ("prompt", "vocab")
+
+
+def build_parser(kind: AdapterKind | None, description: str) -> argparse.ArgumentParser:
     """The whole flag set of one rendering script."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -30,13 +35,17 @@ def build_parser(kind: AdapterKind, description: str) -> argparse.ArgumentParser
     return parser
 
 
-def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
-    """Every flag of the rendering script for adapters of `kind`."""
+def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind | None) -> None:
+    """Every flag of the rendering script for adapters of `kind` (None: of any kind)."""
     add_model_args(parser)
     add_verbose_arg(parser)
     inputs = parser.add_argument_group("adapter and prompts")
     inputs.add_argument(
-        "--adapter", required=True, help=f"{kind} adapter file (.safetensors) written by {SCRIPTS[kind][0]}"
+        "--adapter",
+        required=True,
+        help=f"{kind} adapter file (.safetensors) written by {SCRIPTS[kind][0]}"
+        if kind
+        else "adapter file (.safetensors) of any kind, written by a training script",
     )
     prompts = inputs.add_mutually_exclusive_group(required=True)
     prompts.add_argument(
@@ -92,14 +101,20 @@ def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
 
     output = parser.add_argument_group("output")
     output.add_argument(
-        "--output_dir", default=f"images/{kind}", help="folder for the grids, render.json and report.md"
+        "--output_dir",
+        default=f"images/{kind}" if kind else None,
+        help="folder for the grids, render.json and report.md"
+        + ("" if kind else "; unset (%(default)s): images/KIND, KIND the adapter's kind"),
     )
-    other = "mlp" if kind == "prompt" else "prompt"
+    other = {"prompt": "mlp", "mlp": "prompt"}.get(kind)
     output.add_argument(
         "--compare_with",
         default=None,
         help=f"output folder of {SCRIPTS[other][1]} rendered from the same prompts: "
-        "report.md then also gets the write-up's MLP | Prompt | original table",
+        "report.md then also gets the write-up's MLP | Prompt | original table"
+        if other
+        else "output folder of an adapter of another kind rendered from the same prompts: report.md "
+        "then also gets a table of both adapters and the original",
     )
     output.add_argument(
         "--clip_model",
@@ -112,6 +127,14 @@ def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind) -> None:
             type=int,
             default=5,
             help="list each prompt vector's nearest vocabulary tokens in report.md (0: leave them out)",
+        )
+    elif kind is None:
+        output.add_argument(
+            "--top_k_tokens",
+            type=int,
+            default=None,
+            help="prompt and vocab adapters: list each learned vector's nearest vocabulary tokens in "
+            "report.md; unset (%(default)s): 5, 0: leave them out",
         )
 
     runtime = parser.add_argument_group("runtime")
@@ -140,10 +163,11 @@ def settings_from_args(args: argparse.Namespace) -> RenderSettings:
     )
 
 
-def run(args: argparse.Namespace, kind: AdapterKind) -> None:
+def run(args: argparse.Namespace, kind: AdapterKind | None) -> None:
     """Render tuned and original side by side; write the grids, render.json and report.md.
 
-    Bad input (files, adapter kind or base, prompts) ends the program with one line on stderr, exit status 2.
+    kind None accepts an adapter of any kind. Bad input (files, adapter kind or base, prompts) ends the
+    program with one line on stderr, exit status 2.
     """
     setup_logging(args.verbose)
     with user_errors(args.verbose):
@@ -152,21 +176,25 @@ def run(args: argparse.Namespace, kind: AdapterKind) -> None:
         # The cheap checks first, so a typo does not wait for the model to load.
         prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
         settings = settings_from_args(args)
-        read_adapter_file(args.adapter)
+        _, header = read_adapter_file(args.adapter)
+        check_kind(args.adapter, header, kind)
+        top_k = nearest_token_count(args, header.kind)
         if args.compare_with:
-            report.check_comparable(kind, prompts, report.read_record(args.compare_with), args.compare_with)
+            report.check_comparable(
+                header.kind, prompts, report.read_record(args.compare_with), args.compare_with
+            )
         base = load_base(args.model_path, device=device, dtype=dtype)
         adapter, metadata = load_adapter(
             args.adapter, base.info, expected_kind=kind, allow_other_base=args.allow_other_base
         )
         scorer = ClipScorer(args.clip_model, device=device, dtype=dtype) if args.clip_model else None
     settings = settings.sized(base)
+    output_dir = args.output_dir or f"images/{metadata.kind}"
     adapter.to(device)
     # Warnings (a truncated prompt, say) print above the progress bar instead of through it.
     with logging_redirect_tqdm():
         results = render_comparison(base, adapter, prompts, settings=settings)
-    written = save_comparison(results, args.output_dir, settings)
-    top_k = getattr(args, "top_k_tokens", 0)  # a prompt-adapter flag: the MLP script has no tokens to show
+    written = save_comparison(results, output_dir, settings)
     record = report.build_record(
         results,
         settings,
@@ -177,6 +205,18 @@ def run(args: argparse.Namespace, kind: AdapterKind) -> None:
         clip=[prompt_scores(scorer, result) for result in results] if scorer else None,
         nearest=report.nearest_tokens(base, adapter, top_k) if top_k > 0 else None,
     )
-    report.write_record(args.output_dir, record)
-    path = report.write_report(args.output_dir, record, args.compare_with)
+    report.write_record(output_dir, record)
+    path = report.write_report(output_dir, record, args.compare_with)
     logger.info("wrote %d images and %s", len(written), path)
+
+
+def nearest_token_count(args: argparse.Namespace, kind: str) -> int:
+    """How many nearest tokens report.md lists per learned vector: --top_k_tokens where it applies."""
+    asked = getattr(args, "top_k_tokens", None)  # the MLP script has no vectors and no such flag
+    if kind not in VECTOR_KINDS:
+        if asked:
+            raise ValueError(
+                f"--top_k_tokens applies to prompt and vocab adapters; {args.adapter} is a {kind} adapter"
+            )
+        return 0
+    return 5 if asked is None else asked

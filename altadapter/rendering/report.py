@@ -1,8 +1,9 @@
 """What a render run leaves beside its images: `render.json` (machine-readable) and `report.md`.
 
 report.md has the write-up's table (index | prompt | tuned | original) with links relative to its folder,
-optional CLIP scores, the run's settings, and for a prompt adapter each learned vector's nearest tokens.
-Given another run's folder (`--compare_with`), it adds the write-up's full table: MLP | Prompt | original.
+optional CLIP scores, the run's settings, and for a prompt or vocab adapter each learned vector's nearest
+tokens. Given another run's folder (`--compare_with`), it adds a table of both: for the write-up's two
+kinds, its full table MLP | Prompt | original.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import quote
 import torch
 
 from altadapter.adapter_io import SCRIPTS, AdapterMetadata
-from altadapter.adapters import PromptAdapter
+from altadapter.adapters import PromptAdapter, VocabAdapter
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import PromptImages, RenderSettings, prompt_files, scale_label
@@ -25,7 +26,7 @@ from altadapter.rendering.sampler import PromptImages, RenderSettings, prompt_fi
 RECORD_NAME = "render.json"
 REPORT_NAME = "report.md"
 FORMAT = "altadapter-render/1"
-KIND_TITLES = {"mlp": "MLP", "prompt": "Prompt"}
+KIND_TITLES = {"mlp": "MLP", "prompt": "Prompt", "vocab": "Vocab", "lora": "LoRA"}  # also the tables' order
 # What decides the original's pixels: two runs that agree on all of these rendered the same originals.
 ORIGINAL_KEYS = (
     "num_images",
@@ -43,9 +44,9 @@ ORIGINAL_KEYS = (
 
 @torch.no_grad()
 def nearest_tokens(
-    base: AltDiffusionBase, adapter: PromptAdapter, top_k: int
+    base: AltDiffusionBase, adapter: PromptAdapter | VocabAdapter, top_k: int
 ) -> list[list[tuple[str, float]]]:
-    """Each prompt vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first."""
+    """Each learned vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first."""
     words = base.text_encoder.get_input_embeddings().weight  # (V, H)
     vectors = torch.nn.functional.normalize(adapter.embeddings.float().to(words.device), dim=-1)  # (P, H)
     # Slices of the vocabulary: m9's 250,002 x 1024 embeddings would take 1 GB more as fp32 at once.
@@ -108,7 +109,16 @@ def build_record(
         },
         "prompts": prompts,
         "nearest_tokens": nearest,
+        "vector_labels": tag_labels(metadata) if nearest and metadata.kind == "vocab" else None,
     }
+
+
+def tag_labels(metadata: AdapterMetadata) -> list[str]:
+    """The tag each of a vocab adapter's vectors stands for, numbered when a tag has several."""
+    per_tag = metadata.config["vectors_per_tag"]
+    return [
+        tag if per_tag == 1 else f"{tag} [{k}]" for tag in metadata.config["tags"] for k in range(per_tag)
+    ]
 
 
 def write_record(output_dir: str | Path, record: dict) -> Path:
@@ -125,7 +135,7 @@ def read_record(output_dir: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(
             f"--compare_with {output_dir}: no {RECORD_NAME} there; render the other adapter into it first "
-            f"({SCRIPTS['mlp'][1]} or {SCRIPTS['prompt'][1]} --output_dir {output_dir})"
+            f"({SCRIPTS['mlp'][1]}, {SCRIPTS['prompt'][1]} or render_adapter.py --output_dir {output_dir})"
         )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -139,9 +149,10 @@ def read_record(output_dir: str | Path) -> dict:
 def check_comparable(kind: str, prompts: Sequence[str], other: dict, other_dir: str | Path) -> None:
     """Refuse a --compare_with folder of the same adapter kind or rendered from other prompts."""
     if other["kind"] == kind:
+        counterpart = {"prompt": "mlp", "mlp": "prompt"}.get(kind)
+        wanted = f"that {SCRIPTS[counterpart][1]} rendered" if counterpart else "of another adapter kind"
         raise ValueError(
-            f"--compare_with {other_dir} holds {kind} adapter images too; give the folder that "
-            f"{SCRIPTS['mlp' if kind == 'prompt' else 'prompt'][1]} rendered"
+            f"--compare_with {other_dir} holds {kind} adapter images too; give the folder {wanted}"
         )
     theirs = [entry["prompt"] for entry in other["prompts"]]
     if theirs != list(prompts):
@@ -152,7 +163,7 @@ def check_comparable(kind: str, prompts: Sequence[str], other: dict, other_dir: 
 
 
 def format_report(record: dict, other: dict | None = None, other_link: str = "") -> str:
-    """report.md: this run's table, the MLP | Prompt | original table if `other` is given, settings, tokens.
+    """report.md: this run's table, both runs' table if `other` is given, settings, nearest tokens.
 
     `other_link` is the other run's folder relative to this report's folder.
     """
@@ -160,18 +171,21 @@ def format_report(record: dict, other: dict | None = None, other_link: str = "")
     lines = [f"# {title} adapter: tuned and original, from the same noise", ""]
     lines += _run_table(record)
     if other is not None:
-        lines += ["", "## MLP, Prompt and the original side by side", ""]
+        first, second = (KIND_TITLES[kind] for kind in _in_kind_order(record, other))
+        lines += ["", f"## {first}, {second} and the original side by side", ""]
         lines += _full_table(record, other, other_link)
     lines += ["", "## Settings", "", *_settings(record)]
     if other is not None:
         lines += ["", f"## Settings of the {KIND_TITLES[other['kind']]} run (`{other_link}`)", ""]
         lines += _settings(other)
     if record.get("nearest_tokens"):
-        lines += ["", "## Nearest vocabulary tokens of each prompt vector (cosine)", ""]
+        vectors = "tag vector" if record["kind"] == "vocab" else "prompt vector"
+        lines += ["", f"## Nearest vocabulary tokens of each {vectors} (cosine)", ""]
         lines += ["| vector | nearest tokens |", "|---:|:---|"]
-        for index, tokens in enumerate(record["nearest_tokens"]):
+        labels = record.get("vector_labels") or [str(i) for i in range(len(record["nearest_tokens"]))]
+        for label, tokens in zip(labels, record["nearest_tokens"], strict=True):
             cells = ", ".join(f"{_code(token)} {cosine:.3f}" for token, cosine in tokens)
-            lines.append(f"| {index} | {cells} |")
+            lines.append(f"| {_escape(label)} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -211,14 +225,24 @@ def _run_table(record: dict) -> list[str]:
     return lines
 
 
+def _in_kind_order(record: dict, other: dict) -> list[str]:
+    """The two runs' kinds in the tables' order (MLP before Prompt, as the write-up's table)."""
+    return sorted({record["kind"], other["kind"]}, key=list(KIND_TITLES).index)
+
+
 def _full_table(record: dict, other: dict, other_link: str) -> list[str]:
-    """index | prompt | MLP | Prompt | original (both originals when the runs' settings differ)."""
+    """index | prompt | MLP | Prompt | original (both originals when the runs' settings differ).
+
+    Any two kinds: the columns are theirs, in KIND_TITLES order.
+    """
     runs = {record["kind"]: (record, ""), other["kind"]: (other, other_link)}
+    kinds = _in_kind_order(record, other)
     same = record["model"]["fingerprint"] == other["model"]["fingerprint"] and all(
         record["settings"][key] == other["settings"][key] for key in ORIGINAL_KEYS
     )
-    headers = ["index", "prompt", "MLP", "Prompt"]
-    headers += ["original"] if same else ["original (MLP run)", "original (Prompt run)"]
+    titles = [KIND_TITLES[kind] for kind in kinds]
+    headers = ["index", "prompt", *titles]
+    headers += ["original"] if same else [f"original ({title} run)" for title in titles]
     lines = []
     if not same:
         lines += [
@@ -228,10 +252,10 @@ def _full_table(record: dict, other: dict, other_link: str) -> list[str]:
     lines += [markdown_row(headers), markdown_row([":---:"] * len(headers))]
     for position, entry in enumerate(record["prompts"]):
         cells = [str(entry["index"]), _escape(entry["prompt"])]
-        for kind in ("mlp", "prompt"):
+        for kind in kinds:
             run, folder = runs[kind]
             cells.append(_image(_main_file(run["prompts"][position], run), folder))
-        originals = ("mlp", "prompt") if not same else (record["kind"],)
+        originals = kinds if not same else (record["kind"],)
         for kind in originals:
             run, folder = runs[kind]
             cells.append(_image(run["prompts"][position]["original"]["file"], folder))

@@ -1,20 +1,23 @@
-"""Flags of the two training scripts, with diffusers' training-example names where one exists.
+"""Flags of the training scripts, with diffusers' training-example names where one exists.
 
-Both scripts call `add_train_args`; each adds only its adapter's flags. `check_train_args` rejects a bad
-configuration before any model is loaded.
+Every script calls `add_train_args`; each adds only its adapter's flags: the write-up's two scripts one
+kind each, `train_adapter.py` the kind `--kind` names (`parse_kind_args`). `check_train_args` rejects a
+bad configuration before any model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from altadapter.cli_args import add_model_args, add_verbose_arg
 from altadapter.data.images import check_resolution
+from altadapter.lora_adapter import TARGETS
 
 
 def add_train_args(
-    parser: argparse.ArgumentParser, *, default_name: str, default_learning_rate: float
+    parser: argparse.ArgumentParser, *, default_name: str | None, default_learning_rate: float | None
 ) -> None:
     """Data, optimisation, precision, checkpointing, validation and preservation flags."""
     add_model_args(parser)
@@ -191,22 +194,125 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# Per kind: the run name the write-up used and a learning rate that suits the adapter's parameters.
+def add_vocab_args(parser: argparse.ArgumentParser) -> None:
+    """The vocab adapter's own flags."""
+    group = parser.add_argument_group("vocab adapter")
+    group.add_argument(
+        "--num_tags",
+        type=int,
+        default=32,
+        help="learn a new token for each of the dataset's N most frequent tags (32 x 1024 = 32,768 "
+        "parameters on m9)",
+    )
+    group.add_argument(
+        "--tags",
+        default=None,
+        help="file of the tags to learn instead (one per line or comma-separated, UTF-8)",
+    )
+    group.add_argument(
+        "--vectors_per_tag", type=int, default=1, help="learned input vectors that stand for each tag"
+    )
+    group.add_argument(
+        "--init_text",
+        default=None,
+        help="initialise every tag's vectors from this text's word embeddings (default: each tag's pieces)",
+    )
+
+
+def add_lora_args(parser: argparse.ArgumentParser) -> None:
+    """The LoRA adapter's own flags."""
+    group = parser.add_argument_group("LoRA adapter")
+    group.add_argument(
+        "--rank",
+        type=int,
+        default=4,
+        help="LoRA rank (rank 4 on query, key, value, out: 786,432 parameters on m9)",
+    )
+    group.add_argument(
+        "--lora_alpha",
+        type=float,
+        default=None,
+        help="LoRA alpha: the update is scaled by alpha / rank; unset (%(default)s): the rank, a scale of 1",
+    )
+    group.add_argument(
+        "--lora_targets",
+        nargs="+",
+        choices=list(TARGETS),
+        default=list(TARGETS),
+        help="attention projections of every encoder layer to adapt (out: the attention output dense)",
+    )
+
+
+# Per kind: the run name (the write-up's for its two), a learning rate that suits the adapter's
+# parameters, and the adapter's own flags.
 KIND_DEFAULTS = {
     "mlp": {"name": "altm9-single-layer", "learning_rate": 1e-4, "add_args": add_mlp_args},
     "prompt": {"name": "altm9-prompt-embedding", "learning_rate": 1e-3, "add_args": add_prompt_args},
+    "vocab": {"name": "altm9-vocab", "learning_rate": 1e-3, "add_args": add_vocab_args},
+    "lora": {"name": "altm9-lora", "learning_rate": 1e-4, "add_args": add_lora_args},
 }
 
 
-def build_parser(kind: str, description: str) -> argparse.ArgumentParser:
-    """The whole flag set of one training script: shared flags plus the adapter's own."""
-    defaults = KIND_DEFAULTS[kind]
+def build_parser(kind: str | None, description: str, *, kind_flag: bool = False) -> argparse.ArgumentParser:
+    """The whole flag set of one training script: shared flags, the adapter's own, and --kind if asked.
+
+    kind None (train_adapter.py before --kind is known): the shared flags only, --kind required.
+    """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    add_train_args(parser, default_name=defaults["name"], default_learning_rate=defaults["learning_rate"])
-    defaults["add_args"](parser)
+    if kind_flag:
+        add_kind_arg(parser, required=True)
+    defaults = KIND_DEFAULTS[kind] if kind else {}
+    add_train_args(
+        parser, default_name=defaults.get("name"), default_learning_rate=defaults.get("learning_rate")
+    )
+    if kind:
+        defaults["add_args"](parser)
     return parser
+
+
+def add_kind_arg(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """--kind: which adapter train_adapter.py trains."""
+    parser.add_argument(
+        "--kind",
+        choices=list(KIND_DEFAULTS),
+        required=required,
+        help="adapter kind: mlp (after the encoder), prompt (vectors before it), vocab (a new token per "
+        "domain tag), lora (low-rank updates of its attention); its own flags: --kind KIND --help",
+    )
+
+
+def kind_flags(kind: str) -> set[str]:
+    """The flags only adapters of `kind` take."""
+    parser = argparse.ArgumentParser(add_help=False)
+    KIND_DEFAULTS[kind]["add_args"](parser)
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def parse_kind_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    """Flags of train_adapter.py: the shared ones, --kind, and that kind's own; another kind's are refused."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_kind_arg(probe, required=False)
+    kind = probe.parse_known_args(argv)[0].kind
+    if kind is None:  # no --kind yet: a parser that requires it, whose --help lists every kind's flags
+        epilog = "flags of each kind: " + "; ".join(
+            f"{name}: {' '.join(sorted(kind_flags(name)))}" for name in KIND_DEFAULTS
+        )
+        parser = build_parser(None, description, kind_flag=True)
+        parser.epilog = epilog + ". The defaults of --name and --learning_rate are per kind."
+        return parser.parse_args(argv)
+    parser = build_parser(kind, description, kind_flag=True)
+    args, unknown = parser.parse_known_args(argv)
+    for flag in unknown:
+        owners = [name for name in KIND_DEFAULTS if flag.split("=")[0] in kind_flags(name)]
+        if owners:
+            parser.error(
+                f"{flag.split('=')[0]} is a flag of --kind {' / '.join(owners)}, not of --kind {kind}"
+            )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def check_train_args(args: argparse.Namespace) -> None:
@@ -218,11 +324,24 @@ def check_train_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--validation_dir {args.validation_dir}: no such folder")
     if not 0.0 <= args.validation_split < 1.0:
         raise ValueError(f"--validation_split {args.validation_split}: must be in [0, 1)")
-    for flag in ("batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):
-        if getattr(args, flag) < 1:
+    # The kind-specific flags exist only on their kind's parser, hence getattr with a passing default.
+    for flag in (
+        "batch_size",
+        "max_train_steps",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "num_tags",
+        "vectors_per_tag",
+        "rank",
+    ):
+        if getattr(args, flag, 1) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("validation_prompts", "preserve_prompts"):
-        if getattr(args, flag) is not None and not Path(getattr(args, flag)).is_file():
+    for flag in ("validation_prompts", "preserve_prompts", "tags"):
+        if getattr(args, flag, None) is not None and not Path(getattr(args, flag)).is_file():
             raise ValueError(f"--{flag} {getattr(args, flag)}: no such file")
     if getattr(args, "random_init", False) and args.init_text:
         raise ValueError("--random_init and --init_text contradict each other; pass one")
+    if getattr(args, "lora_alpha", None) is not None and not args.lora_alpha > 0:
+        raise ValueError(f"--lora_alpha must be positive, got {args.lora_alpha}")
+    if len(set(getattr(args, "lora_targets", ()))) != len(getattr(args, "lora_targets", ())):
+        raise ValueError(f"--lora_targets names a projection twice: {' '.join(args.lora_targets)}")
