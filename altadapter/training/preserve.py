@@ -3,8 +3,10 @@
 The write-up's main weakness was that after tuning, words outside the domain's tags drew poor images.
 With `--preserve_weight W`, every step adds W * mean squared difference between the tuned and the
 original conditioning of a few general prompts (AltDiffusion-m9 reads nine languages, so the default
-list does too). For the prompt adapter only the text positions are compared: the learned vectors sit
-at positions the original sequence does not have.
+list does too). For the prompt adapter the text positions are compared with the original's text, and the
+vectors' own outputs with the original's last positions, the padding the vectors push out (or, where the
+sequence grows, padding all the same): the UNet attends to every position, so outputs the penalty left
+free would change every picture (in the toy demo they cost 15 points of base-world accuracy).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def text_positions(original: torch.Tensor, tuned: torch.Tensor, num_prompts: int
 
 
 def preservation_loss(original: torch.Tensor, tuned: torch.Tensor, num_prompts: int = 0) -> torch.Tensor:
-    """Mean squared distance between tuned and original conditioning over aligned positions, in fp32."""
-    tuned = text_positions(original, tuned, num_prompts)
-    return torch.nn.functional.mse_loss(tuned.float(), original[:, : tuned.shape[1]].float())
+    """Mean squared distance between tuned and original conditioning over aligned positions, in fp32.
+
+    original (B, L, D); tuned (B, L', D) with `num_prompts` vector outputs after `<s>`. Every original
+    position is compared once: its first L - P with `<s>` and the text, its last P with the vectors' outputs.
+    """
+    if num_prompts == 0:
+        return torch.nn.functional.mse_loss(tuned.float(), original.float())
+    text = text_positions(original, tuned, num_prompts)[:, : original.shape[1] - num_prompts]
+    aligned = torch.cat([text, tuned[:, 1 : 1 + num_prompts]], dim=1)  # (B, L, D)
+    pushed_out = torch.cat([original[:, : text.shape[1]], original[:, original.shape[1] - num_prompts :]], 1)
+    return torch.nn.functional.mse_loss(aligned.float(), pushed_out.float())
