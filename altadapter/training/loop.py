@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class Run:
     step: int = 0
     last_checkpoint: Path | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step run here
 
     @property
     def unwrapped_adapter(self) -> Adapter:
@@ -105,13 +108,16 @@ def train(args: argparse.Namespace, kind: AdapterKind) -> Path:
         disable=not accelerator.is_local_main_process,
     )
     micro_step = run.step * args.gradient_accumulation_steps
+    started = time.perf_counter()
     while run.step < args.max_train_steps:
         with accelerator.accumulate(run.adapter):
             loss = training_step(run, micro_step)
         micro_step += 1
         if accelerator.sync_gradients:
             run.step += 1
-            logs = after_sync_step(run, loss)
+            logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
+            run.step_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
     bar.close()
@@ -191,6 +197,8 @@ def save_final_adapter(run: Run) -> Path:
     if accelerator.is_main_process:
         extra = {
             **run.scores,
+            # What one step costs, to compare kinds; the median leaves out validation and checkpoint steps.
+            "seconds_per_step": statistics.median(run.step_seconds) if run.step_seconds else None,
             "training": json.dumps({k: v for k, v in vars(args).items() if v is not None}, default=str),
         }
         save_adapter(final, trained, run.base.info, step=run.step, save_dtype=args.save_dtype, extra=extra)
