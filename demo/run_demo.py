@@ -38,7 +38,7 @@ SIZES = {
     "grid_prompts": (int, "prompts_generator.py prompts rendered into the write-up's grids"),
     "grid_images": (int, "pictures per grid prompt (the write-up's 4)"),
     "grid_steps": (int, "DDIM steps of the grids"),
-    "max_train_steps": (int, "training steps of each of the four adapter runs"),
+    "max_train_steps": (int, "training steps of each of the seven adapter runs"),
     "batch_size": (int, "training batch size"),
     "num_prompts": (int, "prompt adapter vectors (the write-up's 100)"),
     "preserve_prompts": (int, "base-world prompts of the preservation penalty"),
@@ -74,16 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             help=f"{text} (default: {full}; --smoke: {smoke})",
         )
     tuning = parser.add_argument_group("training and sampling")
-    tuning.add_argument(
-        "--mlp_learning_rate", type=float, default=FULL.mlp_learning_rate, help="MLP adapter learning rate"
-    )
-    tuning.add_argument(
-        "--prompt_learning_rate",
-        type=float,
-        default=FULL.prompt_learning_rate,
-        help="prompt adapter learning rate",
-    )
+    for kind in ("mlp", "prompt", "vocab", "lora"):
+        name = f"{kind}_learning_rate"
+        tuning.add_argument(
+            f"--{name}", type=float, default=getattr(FULL, name), help=f"{kind} adapter learning rate"
+        )
     tuning.add_argument("--num_layers", type=int, default=FULL.num_layers, help="MLP adapter layers")
+    tuning.add_argument(
+        "--num_tags",
+        type=int,
+        default=FULL.num_tags,
+        help="vocab adapter: the dataset's N most frequent tags",
+    )
+    tuning.add_argument("--rank", type=int, default=FULL.rank, help="LoRA rank")
     tuning.add_argument(
         "--preserve_weight",
         type=float,

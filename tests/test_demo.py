@@ -44,7 +44,7 @@ def test_smoke_demo_writes_every_artefact(smoke_run):
     assert done.returncode == 0, done.stderr[-3000:]
     # The write-up's grids and table, from the real rendering scripts.
     steps, count = SMOKE["grid_steps"], SMOKE["grid_images"]
-    for kind in ("mlp", "prompt"):
+    for kind in ("mlp", "prompt", "vocab", "lora"):
         for index in range(SMOKE["grid_prompts"]):
             stem = f"grid_{index}_with_samples_{count}_with_steps_{steps}"
             assert (images / kind / f"{stem}.png").is_file()
@@ -52,6 +52,7 @@ def test_smoke_demo_writes_every_artefact(smoke_run):
         assert (images / kind / "render.json").is_file()
     table = (images / "prompt" / "report.md").read_text(encoding="utf-8")
     assert "MLP, Prompt and the original side by side" in table
+    assert "Vocab, LoRA and the original side by side" in (images / "lora" / "report.md").read_text("utf-8")
     paths = DemoPaths(work, images)
     for name in MODELS:
         if name != "original":
@@ -80,11 +81,23 @@ def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_
     # The printed table is results.md, and it names the command that reproduces it.
     report = (work / "results.md").read_text(encoding="utf-8")
     assert "| Prompt + preserve |" in report and "--smoke" in report
+    # What each adapter costs, read from its file: parameters, bytes, a step's time as a ratio to the MLP's.
+    for name, model in results["models"].items():
+        if name != "original":
+            assert model["parameters"] > 0 and model["file_bytes"] > 0, name
+            assert 0 < model["seconds_per_step"] < 60, name
+    assert "| MLP | " in report and "1.00x |" in report
     assert "| MLP |" in done.stdout
     # Every script the README shows was run, and printed as it ran.
     for script in ("make_toy_domain.py", "meta_file_converter.py", "prompts_generator.py"):
         assert script in done.stdout
-    for script in ("text_encoder_util_mlp_transfer.py", "text_encoder_util.py", "text_encoder_gen_show.py"):
+    scripts = ("text_encoder_util_mlp_transfer.py", "text_encoder_util.py", "text_encoder_gen_show.py")
+    for script in (
+        *scripts,
+        "train_adapter.py --kind vocab",
+        "train_adapter.py --kind lora",
+        "render_adapter.py",
+    ):
         assert script in done.stdout
 
 

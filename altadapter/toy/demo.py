@@ -94,12 +94,34 @@ def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
     return commands
 
 
+# Each kind's script and its own flags: the write-up's two scripts, and the generic one for the new kinds.
+TRAIN_SCRIPTS = {
+    "mlp": ["text_encoder_util_mlp_transfer.py"],
+    "prompt": ["text_encoder_util.py"],
+    "vocab": ["train_adapter.py", "--kind", "vocab"],
+    "lora": ["train_adapter.py", "--kind", "lora"],
+}
+
+
+def kind_flags(config: DemoConfig, kind: str) -> list[str]:
+    """The flags that size an adapter of `kind`, and its learning rate."""
+    sizes = {
+        "mlp": ["--num_layers", str(config.num_layers)],
+        "prompt": ["--num_prompts", str(config.num_prompts)],
+        "vocab": ["--num_tags", str(config.num_tags)],
+        "lora": ["--rank", str(config.rank)],
+    }
+    return [*sizes[kind], "--learning_rate", str(getattr(config, f"{kind}_learning_rate"))]
+
+
 def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: int) -> Command:
     """The training script run of one evaluated model, with the write-up's flag names."""
     kind, preserve = MODELS[model]
     name = paths.adapter(model).stem
+    script_name, *kind_argv = TRAIN_SCRIPTS[kind]
     argv = [
-        script("text_encoder_util_mlp_transfer.py" if kind == "mlp" else "text_encoder_util.py"),
+        script(script_name),
+        *kind_argv,
         *("--data_dir", str(paths.data)),
         *("--model_path", config.model_path),
         *("--ckpt_dir", str(paths.runs)),
@@ -108,17 +130,7 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
         *("--max_train_steps", str(config.max_train_steps)),
         *("--resolution", str(resolution)),
         *("--name", name),
-    ]
-    if kind == "mlp":
-        argv += ["--num_layers", str(config.num_layers), "--learning_rate", str(config.mlp_learning_rate)]
-    else:
-        argv += [
-            "--num_prompts",
-            str(config.num_prompts),
-            "--learning_rate",
-            str(config.prompt_learning_rate),
-        ]
-    argv += [
+        *kind_flags(config, kind),
         *("--validation_dir", str(paths.heldout_data)),  # the held-out losses land in the adapter file
         *("--validation_steps", str(config.max_train_steps)),
         *("--checkpointing_steps", str(config.max_train_steps)),
@@ -133,28 +145,45 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
     return Command(f"train_{model}", "train", argv)
 
 
+# Grids in pairs: the second of each renders with --compare_with the first, so its report.md holds the
+# table of both adapters and the original. The write-up's two scripts for its kinds, render_adapter.py
+# (which reads the kind from the adapter file) for the new ones.
+GRID_PAIRS = (("mlp", "prompt"), ("vocab", "lora"))
+RENDER_SCRIPTS = {
+    "mlp": "text_encoder_gen_show_mlp.py",
+    "prompt": "text_encoder_gen_show.py",
+    "vocab": "render_adapter.py",
+    "lora": "render_adapter.py",
+}
+
+
 def grid_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
-    """Stage "grids": the MLP grids, then the prompt grids with the full table (it reads the MLP's render.json)."""
+    """Stage "grids": each pair's first kind, then its second with the pair's table (it reads the first's
+    render.json)."""
     commands = []
-    for kind in ("mlp", "prompt"):
-        argv = [
-            script("text_encoder_gen_show_mlp.py" if kind == "mlp" else "text_encoder_gen_show.py"),
-            *("--model_path", config.model_path),
-            *("--adapter", str(paths.adapter(kind))),
-            *("--prompts", str(paths.prompts)),
-            *("--num_inference_steps", str(config.grid_steps)),
-            *("--num_images", str(config.grid_images)),
-            *("--scheduler", "ddim"),
-            *("--guidance_scale", str(config.guidance_scale)),
-            *("--seed", str(config.seed)),
-            *("--output_dir", str(paths.images / kind)),
-        ]
-        after = ("train_mlp",)
-        if kind == "prompt":
-            argv += ["--compare_with", str(paths.images / "mlp")]
-            after = ("train_prompt", "render_mlp")
-        commands.append(Command(f"render_{kind}", "grids", argv, after=after))
+    for first, second in GRID_PAIRS:
+        for kind in (first, second):
+            argv = [
+                script(RENDER_SCRIPTS[kind]),
+                *("--model_path", config.model_path),
+                *("--adapter", str(paths.adapter(kind))),
+                *("--prompts", str(paths.prompts)),
+                *("--num_inference_steps", str(config.grid_steps)),
+                *("--num_images", str(config.grid_images)),
+                *("--scheduler", "ddim"),
+                *("--guidance_scale", str(config.guidance_scale)),
+                *("--seed", str(config.seed)),
+                *("--output_dir", str(paths.images / kind)),
+            ]
+            after: tuple[str, ...] = (f"train_{kind}",)
+            if kind == second:
+                argv += ["--compare_with", str(paths.images / first)]
+                after += (f"render_{first}",)
+            commands.append(Command(f"render_{kind}", "grids", argv, after=after))
     return commands
+
+
+TRAIN_ORDER = ("prompt", "lora", "vocab", "prompt_preserve", "lora_preserve", "mlp", "mlp_preserve")
 
 
 def write_preserve_prompts(config: DemoConfig, paths: DemoPaths) -> list[str]:
@@ -204,10 +233,21 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
             "adapter": str(paths.adapter(name)) if name != "original" else None,
             "heldout_loss": {"domain": domain_loss[name], "base_world": measured.loss[name]},
             "accuracy": measured.accuracy[name],
+            **(adapter_facts(paths.adapter(name)) if name != "original" else {}),
         }
         for name in MODELS
     }
     return results, measured.fingerprint
+
+
+def adapter_facts(path: Path) -> dict:
+    """What an adapter costs: trainable parameters, file bytes, and the seconds of one training step."""
+    tensors, metadata = read_adapter_file(path)
+    return {
+        "parameters": sum(tensor.numel() for tensor in tensors.values()),
+        "file_bytes": path.stat().st_size,
+        "seconds_per_step": metadata.extra.get("seconds_per_step"),
+    }
 
 
 def run_demo(config: DemoConfig, *, command: str = "") -> dict:
@@ -220,11 +260,12 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     commands = run_commands(data_commands(config, paths), jobs=config.jobs, log_dir=paths.logs, clock=clock)
     write_preserve_prompts(config, paths)
     # Trainings and grids in one queue: a core that finishes a command starts the first one that is ready.
-    # This order keeps both cores busy on the toy base (a prompt run takes ~1.25 MLP runs, a grid ~0.4).
-    train = {name: train_command(config, paths, name, resolution) for name in MODELS if name != "original"}
-    render_mlp, render_prompt = grid_commands(config, paths)
-    order = [train["prompt"], train["mlp"], train["prompt_preserve"], render_mlp, train["mlp_preserve"]]
-    commands |= run_commands([*order, render_prompt], jobs=config.jobs, log_dir=paths.logs, clock=clock)
+    # The runs whose encoder runs every step (prompt, vocab, LoRA) first, the cheaper MLP runs and the
+    # grids (a few seconds each) fill in after them, so both cores stay busy to the end.
+    trainings = [train_command(config, paths, name, resolution) for name in TRAIN_ORDER]
+    commands |= run_commands(
+        [*trainings, *grid_commands(config, paths)], jobs=config.jobs, log_dir=paths.logs, clock=clock
+    )
     evaluate_start, cpu_before = _since(clock), _cpu_seconds()
     print("evaluating: held-out losses and attribute accuracy of every model (in this process)", flush=True)
     models, fingerprint = evaluate(config, paths)
@@ -252,8 +293,8 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
         "stages": timings,
         "commands": commands,
         "artefacts": {
-            "grids": [str(paths.images / "mlp"), str(paths.images / "prompt")],
-            "full_table": str(paths.images / "prompt" / "report.md"),
+            "grids": [str(paths.images / kind) for pair in GRID_PAIRS for kind in pair],
+            "tables": [str(paths.images / second / "report.md") for _, second in GRID_PAIRS],
             "samples": [str(paths.samples / f"{name}.png") for name in PROMPT_SETS],
         },
     }

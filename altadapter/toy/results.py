@@ -9,8 +9,11 @@ MODEL_TITLES = {
     "original": "original",
     "mlp": "MLP",
     "prompt": "Prompt",
+    "vocab": "Vocab",
+    "lora": "LoRA",
     "mlp_preserve": "MLP + preserve",
     "prompt_preserve": "Prompt + preserve",
+    "lora_preserve": "LoRA + preserve",
 }
 SET_TITLES = {
     "domain_short": f"domain, short ({captions.SHORT_NUM_TAGS} tags)",
@@ -47,6 +50,7 @@ def format_results(results: dict) -> str:
         lines.append(markdown_row(cells))
     lines.append(markdown_row(["chance", *([""] * len(LOSS_TITLES)), *([_pct(chance["all"])] * len(sets))]))
 
+    lines += ["", *_cost_table(models)]
     lines += ["", "Accuracy per attribute (shape colour / background colour / shape):", ""]
     lines += [markdown_row(["model", *(SET_TITLES.get(name, name) for name in sets)])]
     lines.append(markdown_row(["---"] + ["---:"] * len(sets)))
@@ -58,9 +62,11 @@ def format_results(results: dict) -> str:
     artefacts = results["artefacts"]
     lines += [
         "",
-        "The write-up's grids: "
+        "Grids of each kind (the write-up's file names): "
         + ", ".join(f"`{path}/`" for path in artefacts["grids"])
-        + f"; its full table (prompt | MLP | Prompt | original): `{artefacts['full_table']}`. "
+        + "; the write-up's table (prompt | MLP | Prompt | original) and the same for the new kinds: "
+        + ", ".join(f"`{path}`" for path in artefacts["tables"])
+        + ". "
         "Evaluation pictures (a row per model, the first picture of the first prompts): "
         + ", ".join(f"`{path}`" for path in artefacts["samples"])
         + ".",
@@ -79,6 +85,31 @@ def format_results(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cost_table(models: dict) -> list[str]:
+    """Trainable parameters, file size and the time of a training step, as a ratio to the MLP's."""
+    mlp_step = models.get("mlp", {}).get("seconds_per_step")
+    lines = [
+        "What each adapter costs (a step's time is the median of its run, as a ratio to the MLP's; runs "
+        "went two at a time, one thread each):",
+        "",
+        markdown_row(["model", "trainable parameters", "file", "ms per step", "step time / MLP's"]),
+        markdown_row(["---", "---:", "---:", "---:", "---:"]),
+    ]
+    for name, model in models.items():
+        if "parameters" not in model:
+            continue
+        step = model["seconds_per_step"]
+        cells = [MODEL_TITLES.get(name, name), f"{model['parameters']:,}", _size(model["file_bytes"])]
+        cells += ["" if step is None else f"{1000 * step:.1f}"]
+        cells += ["" if step is None or not mlp_step else f"{step / mlp_step:.2f}x"]
+        lines.append(markdown_row(cells))
+    return lines
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1024:.1f} KB" if num_bytes < 1024**2 else f"{num_bytes / 1024**2:.2f} MB"
+
+
 def _setting_line(results: dict) -> str:
     config, base = results["config"], results["base"]
     trained = (
@@ -89,8 +120,10 @@ def _setting_line(results: dict) -> str:
     return (
         f"Base `{config['model_path']}` (fingerprint {base['fingerprint']}{trained}). Each adapter: "
         f"{config['max_train_steps']} steps at batch {config['batch_size']} on {config['num_train']} "
-        f"pictures (MLP lr {config['mlp_learning_rate']:g}, {config['num_layers']} layer; prompt lr "
-        f"{config['prompt_learning_rate']:g}, {config['num_prompts']} vectors); preservation weight "
+        f"pictures (MLP lr {config['mlp_learning_rate']:g}, {config['num_layers']} layer(s); prompt lr "
+        f"{config['prompt_learning_rate']:g}, {config['num_prompts']} vectors; vocab lr "
+        f"{config['vocab_learning_rate']:g}, up to {config['num_tags']} tags; LoRA lr "
+        f"{config['lora_learning_rate']:g}, rank {config['rank']}); preservation weight "
         f"{config['preserve_weight']:g} on {config['preserve_prompts']} base-world prompts that the "
         f"evaluation does not use. Evaluation: {config['eval_prompts']} prompts per set x "
         f"{config['eval_images']} picture(s), DDIM {config['eval_steps']} steps, guidance "
