@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from altadapter.lora_adapter import LoRAAdapter, LoRAConfig
-from altadapter.vocab_adapter import VocabAdapter, VocabConfig
+from altadapter.vocab_adapter import VocabAdapter, VocabConfig, learned_vectors
 
 AdapterKind = Literal["mlp", "prompt", "vocab", "lora"]
 
@@ -83,13 +83,7 @@ class PromptAdapter(nn.Module):
     def __init__(self, config: PromptConfig, init: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
-        shape = (config.num_prompts, config.dim)
-        if init is None:
-            # Same scale as XLM-R's own word embeddings (initializer_range 0.02).
-            init = torch.randn(shape) * 0.02
-        elif tuple(init.shape) != shape:
-            raise ValueError(f"prompt init has shape {tuple(init.shape)}, expected {shape}")
-        self.embeddings = nn.Parameter(init.detach().clone().float())
+        self.embeddings = learned_vectors((config.num_prompts, config.dim), init, "prompt")
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """The prompt vectors repeated for a batch: (B, P, H)."""

@@ -61,16 +61,21 @@ class VocabAdapter(nn.Module):
     def __init__(self, config: VocabConfig, init: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
-        shape = (config.num_vectors, config.dim)
-        if init is None:
-            init = torch.randn(shape) * 0.02  # the scale of XLM-R's own word embeddings
-        elif tuple(init.shape) != shape:
-            raise ValueError(f"vocab init has shape {tuple(init.shape)}, expected {shape}")
-        self.embeddings = nn.Parameter(init.detach().clone().float())
+        self.embeddings = learned_vectors((config.num_vectors, config.dim), init, "vocab")
 
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
         """The vectors at row indices `slots`: (B, T) -> (B, T, H)."""
         return self.embeddings[slots]
+
+
+def learned_vectors(shape: tuple[int, int], init: torch.Tensor | None, kind: str) -> nn.Parameter:
+    """Learned input vectors (rows, H) in fp32, from `init` or random at the scale of XLM-R's own word
+    embeddings (initializer_range 0.02); the prompt adapter's too."""
+    if init is None:
+        init = torch.randn(shape) * 0.02
+    elif tuple(init.shape) != shape:
+        raise ValueError(f"{kind} init has shape {tuple(init.shape)}, expected {shape}")
+    return nn.Parameter(init.detach().clone().float())
 
 
 def vocab_init_from_pieces(
