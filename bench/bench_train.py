@@ -1,4 +1,4 @@
-"""Training-step speed of both adapters: the naive step, this project's step, and the physical floor.
+"""Training-step speed of every adapter kind: the naive step, this project's step, and the physical floor.
 
     python bench/bench_train.py --preset cpu --resolution 128 --batch_size 2          # 2-core CPU
     python bench/bench_train.py --preset m9 --resolution 512 --batch_size 6 --dtype bf16   # one GPU
@@ -7,7 +7,7 @@ naive:     what the write-up did: VAE encode and text encoder forward every step
 optimised: this project's step: cached latents (and, for the MLP, cached encoder outputs), the base in
            --dtype, SDPA attention: `altadapter.training.conditioning.Conditioner` + `altadapter.training.losses.diffusion_loss`.
 floor:     the irreducible part: UNet forward + backward to its conditioning input on precomputed inputs
-           (plus, for the prompt adapter, the encoder forward + backward).
+           (plus, for the kinds that act on or in the encoder, its forward + backward).
 Numbers, not pass/fail: prints ms/step, the ratios and peak memory, and writes JSON with --out.
 """
 
@@ -29,10 +29,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.adapters import (
+    LoRAAdapter,
+    LoRAConfig,
+    MLPAdapter,
+    MLPConfig,
+    PromptAdapter,
+    PromptConfig,
+    VocabAdapter,
+    VocabConfig,
+)
 from altadapter.data.records import Record
 from altadapter.devices import DTYPES
-from altadapter.encoding import apply_mlp, encode_tokens, text_token_budget, tokenize
+from altadapter.encoding import adapter_tokens, apply_mlp, encode_tokens, tokenize
 from altadapter.model import AltDiffusionBase, load_base
 from altadapter.tiny_models import PRESETS, build_model_dir
 from altadapter.training.caches import LatentCache
@@ -40,6 +49,7 @@ from altadapter.training.conditioning import Conditioner
 from altadapter.training.losses import diffusion_loss
 
 CAPTION = "1girl, solo, long hair, red dress, smile, simple background, looking at viewer, hat"
+KINDS = ("mlp", "prompt", "vocab", "lora")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the optimised step's base"
     )
     parser.add_argument("--num_prompts", type=int, default=100, help="prompt adapter vectors")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="adapter kinds to time (vocab: a vector per caption tag; lora: rank 4 on q, k, v, out)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="also time the UNet with it")
@@ -93,10 +110,14 @@ def time_step(step: Callable[[], None], device: torch.device, steps: int, warmup
 
 
 def make_adapter(kind: str, base: AltDiffusionBase, num_prompts: int) -> torch.nn.Module:
-    if kind == "mlp":
-        return MLPAdapter(MLPConfig(dim=base.info.project_dim)).to(base.device)
-    config = PromptConfig(dim=base.info.hidden_size, num_prompts=num_prompts)
-    return PromptAdapter(config).to(base.device)
+    width = base.info.hidden_size
+    adapters = {
+        "mlp": lambda: MLPAdapter(MLPConfig(dim=base.info.project_dim)),
+        "prompt": lambda: PromptAdapter(PromptConfig(dim=width, num_prompts=num_prompts)),
+        "vocab": lambda: VocabAdapter(VocabConfig(dim=width, tags=tuple(CAPTION.split(", ")))),
+        "lora": lambda: LoRAAdapter(LoRAConfig(dim=width, num_layers=base.info.num_layers)),
+    }
+    return adapters[kind]().to(base.device)
 
 
 def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dict[str, Callable[[], None]]:
@@ -138,7 +159,7 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
                 original = encode_tokens(base, ids, mask)
             conditioning = apply_mlp(adapter, original)
         else:
-            ids, mask = tokenize(base, captions, text_token_budget(base, adapter), warn=False)
+            ids, mask = adapter_tokens(base, captions, adapter, warn=False)
             conditioning = encode_tokens(base, ids, mask, adapter)
         finish(diffusion_loss(base, noise_scheduler, conditioning, latents, *random_inputs(latents)))
 
@@ -185,7 +206,7 @@ def main(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "adapters": {},
     }
-    rows: dict[str, dict] = {"mlp": {}, "prompt": {}}
+    rows: dict[str, dict] = {kind: {} for kind in args.kinds}
     # One base in memory at a time, so peak memory is that of one configuration. The naive step runs the
     # write-up's way, in fp32; the optimised step and the floor in --dtype.
     for dtype, names in ((args.dtype, ("optimised", "floor")), ("fp32", ("naive",))):
