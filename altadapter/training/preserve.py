@@ -5,7 +5,7 @@ With `--preserve_weight W`, every step adds W * mean squared difference between 
 original conditioning of a few general prompts (AltDiffusion-m9 reads nine languages, so the default
 list does too). For the prompt adapter the text positions are compared with the original's text, and the
 vectors' own outputs with the original's last positions, the padding the vectors push out (or, where the
-sequence grows, padding all the same): the UNet attends to every position, so outputs the penalty left
+sequence grows, its last position, padding all the same): the UNet attends to every position, so outputs the penalty left
 free would change every picture (in the toy demo they cost 15 points of base-world accuracy).
 """
 
@@ -57,12 +57,17 @@ def text_positions(original: torch.Tensor, tuned: torch.Tensor, num_prompts: int
 def preservation_loss(original: torch.Tensor, tuned: torch.Tensor, num_prompts: int = 0) -> torch.Tensor:
     """Mean squared distance between tuned and original conditioning over aligned positions, in fp32.
 
-    original (B, L, D); tuned (B, L', D) with `num_prompts` vector outputs after `<s>`. Every original
-    position is compared once: its first L - P with `<s>` and the text, its last P with the vectors' outputs.
+    original (B, L, D); tuned (B, L', D) with `num_prompts` (P) vector outputs after `<s>`. `<s>` and the
+    text are compared with the original's first positions; the vector outputs with the positions they push
+    out, where the length stays L (m9: 512 of 512), and with the original's last position, padding, where
+    the sequence grew instead (77 + P positions on AltDiffusion and m18).
     """
     if num_prompts == 0:
         return torch.nn.functional.mse_loss(tuned.float(), original.float())
-    text = text_positions(original, tuned, num_prompts)[:, : original.shape[1] - num_prompts]
-    aligned = torch.cat([text, tuned[:, 1 : 1 + num_prompts]], dim=1)  # (B, L, D)
-    pushed_out = torch.cat([original[:, : text.shape[1]], original[:, original.shape[1] - num_prompts :]], 1)
-    return torch.nn.functional.mse_loss(aligned.float(), pushed_out.float())
+    text = text_positions(original, tuned, num_prompts)  # (B, min(L, L' - P), D)
+    kept = text.shape[1]
+    targets = original[:, kept : kept + num_prompts]  # the pushed-out positions; none if the sequence grew
+    missing = num_prompts - targets.shape[1]
+    targets = torch.cat([targets, original[:, -1:].expand(-1, missing, -1)], dim=1)  # (B, P, D)
+    aligned = torch.cat([text, tuned[:, 1 : 1 + num_prompts]], dim=1)
+    return torch.nn.functional.mse_loss(aligned.float(), torch.cat([original[:, :kept], targets], 1).float())
