@@ -61,7 +61,14 @@ def main(args: argparse.Namespace) -> None:
     for learning_rate in args.learning_rates:
         for kind, adapter in steering_adapters(base, args.num_layers, args.num_prompts, args.seed).items():
             scores = steer(
-                base, probe, adapter, train, heldout, steps=args.steps, learning_rate=learning_rate
+                base,
+                probe,
+                adapter,
+                train,
+                heldout,
+                steps=args.steps,
+                learning_rate=learning_rate,
+                seed=args.seed,
             )
             cells = [f"{100 * scores[name]:.1f}%" for name in (*world.ATTRIBUTE_NAMES, "all")]
             print(markdown_row([kind, f"{learning_rate:g}", *cells]), flush=True)
