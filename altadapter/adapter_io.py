@@ -31,6 +31,8 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "vocab": ("train_adapter.py --kind vocab", "render_adapter.py"),
     "lora": ("train_adapter.py --kind lora", "render_adapter.py"),
 }
+# The write-up's pair: each of its two rendering scripts is compared with the other's output.
+COUNTERPART = {"prompt": "mlp", "mlp": "prompt"}
 
 
 class AdapterFileError(ValueError):

@@ -8,7 +8,7 @@ import logging
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from altadapter.adapter_io import SCRIPTS, check_kind, load_adapter, read_adapter_file
+from altadapter.adapter_io import COUNTERPART, SCRIPTS, check_kind, load_adapter, read_adapter_file
 from altadapter.adapters import AdapterKind
 from altadapter.cli_args import add_model_args, add_verbose_arg, setup_logging, user_errors
 from altadapter.data.prompts import read_prompts
@@ -106,7 +106,7 @@ def add_render_args(parser: argparse.ArgumentParser, kind: AdapterKind | None) -
         help="folder for the grids, render.json and report.md"
         + ("" if kind else "; unset (%(default)s): images/KIND, KIND the adapter's kind"),
     )
-    other = {"prompt": "mlp", "mlp": "prompt"}.get(kind)
+    other = COUNTERPART.get(kind)
     output.add_argument(
         "--compare_with",
         default=None,

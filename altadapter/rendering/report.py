@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import torch
 
-from altadapter.adapter_io import SCRIPTS, AdapterMetadata
+from altadapter.adapter_io import COUNTERPART, SCRIPTS, AdapterMetadata
 from altadapter.adapters import PromptAdapter, VocabAdapter
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
@@ -149,7 +149,7 @@ def read_record(output_dir: str | Path) -> dict:
 def check_comparable(kind: str, prompts: Sequence[str], other: dict, other_dir: str | Path) -> None:
     """Refuse a --compare_with folder of the same adapter kind or rendered from other prompts."""
     if other["kind"] == kind:
-        counterpart = {"prompt": "mlp", "mlp": "prompt"}.get(kind)
+        counterpart = COUNTERPART.get(kind)
         wanted = f"that {SCRIPTS[counterpart][1]} rendered" if counterpart else "of another adapter kind"
         raise ValueError(
             f"--compare_with {other_dir} holds {kind} adapter images too; give the folder {wanted}"
