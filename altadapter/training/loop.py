@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -204,6 +205,12 @@ def save_final_adapter(run: Run) -> Path:
         save_adapter(final, trained, run.base.info, step=run.step, save_dtype=args.save_dtype, extra=extra)
         logger.info("saved %s (step %d)", final, run.step)
     accelerator.wait_for_everyone()
+    # DDP's reducer holds the process group. Freed only after end_training has destroyed the group and a
+    # peer process has exited, gloo's teardown can hang for good (seen in the 2-process LoRA run, whose
+    # wrapper is freed by the garbage collector): free it now, while every process is still here.
+    run.adapter = run.unwrapped_adapter
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
     return final
 
