@@ -146,6 +146,12 @@ def adapter_tokens(
     return tokenize(base, prompts, base.info.model_max_length, warn=warn)
 
 
+def prompt_attention_mask(attention_mask: torch.Tensor, num_prompts: int) -> torch.Tensor:
+    """The text's mask (B, T) widened by the prompt vectors after `<s>`: (B, T + P)."""
+    ones = attention_mask.new_ones(attention_mask.shape[0], num_prompts)
+    return torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+
+
 def xlmr_position_ids(attention_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Position ids as XLM-R counts them: pad_id + 1, + 2, ... over the mask's ones, pad_id elsewhere: (B, T)."""
     return (torch.cumsum(attention_mask, dim=1) * attention_mask + pad_id).long()
@@ -179,8 +185,7 @@ def encode_tokens(
         words = embed(input_ids)  # (B, T, H)
         vectors = adapter(input_ids.shape[0]).to(words.dtype)  # (B, P, H)
         inputs_embeds = torch.cat([words[:, :1], vectors, words[:, 1:]], dim=1)  # (B, T + P, H)
-        ones = attention_mask.new_ones(input_ids.shape[0], vectors.shape[1])
-        attention_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        attention_mask = prompt_attention_mask(attention_mask, vectors.shape[1])
     elif kind == "vocab":
         slots = input_ids - embed.num_embeddings  # (B, T): a tag vector's row where >= 0, a word below
         words = embed(input_ids.clamp(max=embed.num_embeddings - 1))  # (B, T, H)

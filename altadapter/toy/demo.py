@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from altadapter.adapter_io import read_adapter_file
+from altadapter.adapter_io import AdapterMetadata, read_adapter_file
 from altadapter.data.prompts import write_prompts
 from altadapter.devices import vae_scale_factor
 from altadapter.fileio import atomic_write
@@ -103,7 +103,7 @@ TRAIN_SCRIPTS = {
 }
 
 
-def kind_flags(config: DemoConfig, kind: str) -> list[str]:
+def adapter_argv(config: DemoConfig, kind: str) -> list[str]:
     """The flags that size an adapter of `kind`, and its learning rate."""
     sizes = {
         "mlp": ["--num_layers", str(config.num_layers)],
@@ -130,7 +130,7 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
         *("--max_train_steps", str(config.max_train_steps)),
         *("--resolution", str(resolution)),
         *("--name", name),
-        *kind_flags(config, kind),
+        *adapter_argv(config, kind),
         *("--validation_dir", str(paths.heldout_data)),  # the held-out losses land in the adapter file
         *("--validation_steps", str(config.max_train_steps)),
         *("--checkpointing_steps", str(config.max_train_steps)),
@@ -227,22 +227,22 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
     paths.samples.mkdir(parents=True, exist_ok=True)
     for set_name, pictures in measured.pictures.items():
         evaluation.sample_sheet(pictures, SHEET_PROMPTS).save(paths.samples / f"{set_name}.png")
-    domain_loss = _domain_losses(paths)
+    files = {name: read_adapter_file(paths.adapter(name)) for name in MODELS if name != "original"}
+    domain_loss = _domain_losses({name: metadata.extra for name, (_, metadata) in files.items()})
     results = {
         name: {
             "adapter": str(paths.adapter(name)) if name != "original" else None,
             "heldout_loss": {"domain": domain_loss[name], "base_world": measured.loss[name]},
             "accuracy": measured.accuracy[name],
-            **(adapter_facts(paths.adapter(name)) if name != "original" else {}),
+            **(adapter_facts(paths.adapter(name), *files[name]) if name != "original" else {}),
         }
         for name in MODELS
     }
     return results, measured.fingerprint
 
 
-def adapter_facts(path: Path) -> dict:
+def adapter_facts(path: Path, tensors: dict[str, torch.Tensor], metadata: AdapterMetadata) -> dict:
     """What an adapter costs: trainable parameters, file bytes, and the seconds of one training step."""
-    tensors, metadata = read_adapter_file(path)
     return {
         "parameters": sum(tensor.numel() for tensor in tensors.values()),
         "file_bytes": path.stat().st_size,
@@ -309,14 +309,12 @@ def _prompt_lists(paths: DemoPaths) -> dict[str, list[world.Prompt]]:
     return captions.read_prompt_lists(paths.domain / captions.PROMPTS_JSON)
 
 
-def _domain_losses(paths: DemoPaths) -> dict[str, float]:
-    """Held-out domain losses from the adapter files' metadata; the original's, which every run measured, once."""
+def _domain_losses(extras: dict[str, dict]) -> dict[str, float]:
+    """Held-out domain losses from each adapter file's metadata extra; the original's, which every run
+    measured, once."""
     losses: dict[str, float] = {}
     originals = []
-    for name in MODELS:
-        if name == "original":
-            continue
-        extra = read_adapter_file(paths.adapter(name))[1].extra
+    for name, extra in extras.items():
         losses[name] = float(extra["val_loss_adapter"])
         originals.append(float(extra["val_loss_original"]))
     if max(originals) - min(originals) > 1e-4 * max(abs(v) for v in originals):

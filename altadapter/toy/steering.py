@@ -13,31 +13,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
-from altadapter.encoding import encode_tokens, text_token_budget, tokenize
+from altadapter.encoding import encode_tokens, prompt_attention_mask, text_token_budget, tokenize
 from altadapter.model import AltDiffusionBase
 from altadapter.toy import captions, world
-from altadapter.toy.text_pretraining import ATTRIBUTE_SIZES, mean_over_tokens
+from altadapter.toy.text_pretraining import ATTRIBUTE_SIZES, masked_mean, probe_loss
+
+# Each combination's index in `world.all_attributes()`, the row `text_pretraining.probe_loss` reads.
+COMBO_INDEX = {attrs: index for index, attrs in enumerate(world.all_attributes())}
 
 
-def attribute_targets(attrs: Sequence[world.Attributes]) -> torch.Tensor:
-    """Class index of each scene's fg, bg and shape: (N, 3)."""
-    return torch.tensor(
-        [[world.ATTRIBUTE_VALUES[n].index(getattr(a, n)) for n in world.ATTRIBUTE_NAMES] for a in attrs]
-    )
+def combo_indices(attrs: Sequence[world.Attributes]) -> torch.Tensor:
+    """Index of each scene's combination: (N,)."""
+    return torch.tensor([COMBO_INDEX[a] for a in attrs])
 
 
-def probe_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of the fg / bg / shape logits (N, 15), and accuracy per attribute and all three."""
-    loss, right = logits.new_zeros(()), []
-    for column, part in enumerate(logits.split(ATTRIBUTE_SIZES, dim=1)):
-        loss = loss + F.cross_entropy(part, targets[:, column])
-        right.append(part.argmax(dim=1) == targets[:, column])
-    hits = torch.stack(right).float()  # (3, N)
-    scores = dict(zip(world.ATTRIBUTE_NAMES, hits.mean(dim=1).tolist(), strict=True))
-    scores["all"] = hits.prod(dim=0).mean().item()
+def probe_scores(logits: torch.Tensor, combos: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The probe's cross-entropy on logits (N, 15), and its accuracy per attribute and all three."""
+    loss, hits = probe_loss(logits, combos)  # hits (N, 3)
+    scores = dict(zip(world.ATTRIBUTE_NAMES, hits.float().mean(dim=0).tolist(), strict=True))
+    scores["all"] = hits.all(dim=1).float().mean().item()
     return loss, scores
 
 
@@ -48,22 +44,20 @@ def pooled_conditioning(
     if isinstance(adapter, PromptAdapter):
         ids, mask = tokenize(base, texts, text_token_budget(base, adapter), warn=False)
         conditioning = encode_tokens(base, ids, mask, adapter).float()  # (N, T + P, D)
-        vectors = mask.new_ones(len(texts), adapter.config.num_prompts)
-        keep = torch.cat([mask[:, :1], vectors, mask[:, 1:]], dim=1).unsqueeze(-1).float()
-        return (conditioning * keep).sum(dim=1) / keep.sum(dim=1)
+        return masked_mean(conditioning, prompt_attention_mask(mask, adapter.config.num_prompts))
     ids, mask = tokenize(base, texts, base.info.model_max_length, warn=False)
     with torch.no_grad():
         conditioning = encode_tokens(base, ids, mask).float()
     if adapter is not None:
         conditioning = adapter(conditioning)
-    return mean_over_tokens(conditioning, ids, base.tokenizer.pad_token_id)
+    return masked_mean(conditioning, mask)
 
 
 def fit_plain_probe(base: AltDiffusionBase, steps: int = 500) -> tuple[torch.nn.Linear, dict[str, float]]:
     """A linear probe on every plain caption of every combination; returns it and its training accuracy."""
     plain = [(t.format(**a.to_dict()), a) for a in world.all_attributes() for t in captions.BASE_TEMPLATES]
     features = pooled_conditioning(base, [text for text, _ in plain], None)
-    targets = attribute_targets([attrs for _, attrs in plain])
+    targets = combo_indices([attrs for _, attrs in plain])
     probe = torch.nn.Linear(features.shape[1], sum(ATTRIBUTE_SIZES))
     torch.nn.init.zeros_(probe.weight)  # a convex fit: from zero it ends the same whatever the RNG state
     torch.nn.init.zeros_(probe.bias)
@@ -94,13 +88,13 @@ def steer(
     for _ in range(steps):
         batch = [train[i] for i in torch.randint(len(train), (batch_size,), generator=generator).tolist()]
         features = pooled_conditioning(base, [p.text for p in batch], adapter)
-        loss, _ = probe_scores(probe(features), attribute_targets([p.attrs for p in batch]))
+        loss, _ = probe_scores(probe(features), combo_indices([p.attrs for p in batch]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         features = pooled_conditioning(base, [p.text for p in heldout], adapter)
-        return probe_scores(probe(features), attribute_targets([p.attrs for p in heldout]))[1]
+        return probe_scores(probe(features), combo_indices([p.attrs for p in heldout]))[1]
 
 
 def steering_adapters(base: AltDiffusionBase, num_layers: int, num_prompts: int, seed: int) -> dict:

@@ -32,18 +32,24 @@ ATTRIBUTE_SIZES = [len(world.ATTRIBUTE_VALUES[name]) for name in world.ATTRIBUTE
 
 def mean_over_tokens(conditioning: torch.Tensor, input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     """The conditioning averaged over a caption's tokens (padding left out): (B, T, D) -> (B, D)."""
-    mask = (input_ids != pad_id).to(conditioning.dtype)[..., None]
-    return (conditioning * mask).sum(dim=1) / mask.sum(dim=1)
+    return masked_mean(conditioning, input_ids != pad_id)
+
+
+def masked_mean(conditioning: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The conditioning averaged over the positions `mask` (B, T) marks: (B, T, D) -> (B, D)."""
+    weights = mask.to(conditioning.dtype)[..., None]
+    return (conditioning * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 def probe_loss(logits: torch.Tensor, combos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of the probe's fg / bg / shape logits (B, 15), and which rows it reads all right (B,)."""
+    """Cross-entropy of the probe's fg / bg / shape logits (B, 15), and which attributes of each row it
+    reads right (B, 3), in `world.ATTRIBUTE_NAMES` order."""
     targets = ATTRIBUTE_TARGETS.to(combos.device)[combos]  # (B, 3)
     losses, right = [], []
     for column, part in enumerate(logits.split(ATTRIBUTE_SIZES, dim=1)):
         losses.append(F.cross_entropy(part.float(), targets[:, column]))
         right.append(part.argmax(dim=1) == targets[:, column])
-    return sum(losses), torch.stack(right).all(dim=0)
+    return sum(losses), torch.stack(right, dim=1)
 
 
 @torch.no_grad()
@@ -56,11 +62,11 @@ def text_signals(text_encoder, probe: torch.nn.Module, bank: CaptionBank) -> dic
     combos, templates, length = bank.plain.shape
     ids = bank.plain.reshape(-1, length)
     conditioning = text_encoder(ids, position_ids=xlmr_positions(ids, text_encoder.config.pad_token_id))[0]
-    _, right = probe_loss(
+    _, hits = probe_loss(
         probe(mean_over_tokens(conditioning, ids, text_encoder.config.pad_token_id)),
         torch.arange(combos).repeat_interleave(templates).to(ids.device),
     )
-    per_template = right.view(combos, templates).float().mean(dim=0).tolist()
+    per_template = hits.all(dim=1).view(combos, templates).float().mean(dim=0).tolist()
     first = conditioning.view(combos, templates, -1)[:, 0]
     spread = torch.pdist(first.float()).mean() / first.float().norm(dim=1).mean()
     return {
@@ -119,7 +125,8 @@ def train_text_encoder(
         shifted = shifted_positions(ids, pad_id, config.position_shift, generator)
         positions = torch.where(use_varied[:, None], shifted, xlmr_positions(ids, pad_id))
         conditioning = text_encoder(ids, position_ids=positions)[0]
-        loss, right = probe_loss(probe(mean_over_tokens(conditioning, ids, pad_id)), combos)
+        loss, hits = probe_loss(probe(mean_over_tokens(conditioning, ids, pad_id)), combos)
+        right = hits.all(dim=1)
         words = random_word_sequences(bank, b // 2, ids.shape[1], generator)
         word_positions = shifted_positions(words, pad_id, config.position_shift, generator)
         identity_loss = token_identity_loss(text_encoder, identity, words, word_positions)
