@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from altadapter.rendering import args as render_args
 from altadapter.rendering import cli as render_cli
 
 KIND = "mlp"
@@ -21,7 +22,7 @@ KIND = "mlp"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    return render_cli.build_parser(KIND, __doc__).parse_args(argv)
+    return render_args.build_parser(KIND, __doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:

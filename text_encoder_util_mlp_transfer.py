@@ -11,6 +11,7 @@ import argparse
 
 from altadapter.cli_args import setup_logging, user_errors
 from altadapter.training.args import build_parser
+from altadapter.training.config import TrainingConfig
 from altadapter.training.loop import train
 
 
@@ -21,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     setup_logging(args.verbose)
     with user_errors(args.verbose):
-        train(args, "mlp")
+        train(TrainingConfig.from_args(args, "mlp"))
 
 
 if __name__ == "__main__":

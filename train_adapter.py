@@ -15,6 +15,7 @@ import argparse
 
 from altadapter.cli_args import setup_logging, user_errors
 from altadapter.training.args import parse_kind_args
+from altadapter.training.config import TrainingConfig
 from altadapter.training.loop import train
 
 
@@ -25,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     setup_logging(args.verbose)
     with user_errors(args.verbose):
-        train(args, args.kind)
+        train(TrainingConfig.from_args(args, args.kind))
 
 
 if __name__ == "__main__":

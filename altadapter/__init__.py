@@ -17,14 +17,14 @@ _PUBLIC = {
     "load_base": "altadapter.model",
     "make_pipeline": "altadapter.model",
     "AltDiffusionBase": "altadapter.model",
-    "MLPAdapter": "altadapter.adapters",
-    "PromptAdapter": "altadapter.adapters",
-    "VocabAdapter": "altadapter.adapters",
-    "LoRAAdapter": "altadapter.adapters",
+    "MLPAdapter": "altadapter.adapters.mlp",
+    "PromptAdapter": "altadapter.adapters.prompt",
+    "VocabAdapter": "altadapter.adapters.vocab",
+    "LoRAAdapter": "altadapter.adapters.lora",
     "load_adapter": "altadapter.adapter_io",
     "save_adapter": "altadapter.adapter_io",
-    "encode_text": "altadapter.encoding",
-    "encode_prompt_pair": "altadapter.encoding",
+    "encode_text": "altadapter.adapters.conditioning",
+    "encode_prompt_pair": "altadapter.adapters.conditioning",
 }
 __all__ = ["__version__", *_PUBLIC]
 

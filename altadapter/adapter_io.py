@@ -16,23 +16,16 @@ import safetensors
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 import altadapter
-from altadapter.adapters import Adapter, AdapterKind, build_adapter, config_dict
+from altadapter.adapters import get_kind, kind_names
+from altadapter.adapters.kind import config_dict
 from altadapter.devices import DTYPES
 from altadapter.fileio import atomic_replace_from, temp_path_beside
 from altadapter.model import BaseInfo
 
 FORMAT = "altadapter/1"
-# Which script trains and which renders each kind, for errors that send a user to the right one.
-SCRIPTS: dict[str, tuple[str, str]] = {
-    "mlp": ("text_encoder_util_mlp_transfer.py", "text_encoder_gen_show_mlp.py"),
-    "prompt": ("text_encoder_util.py", "text_encoder_gen_show.py"),
-    "vocab": ("train_adapter.py --kind vocab", "render_adapter.py"),
-    "lora": ("train_adapter.py --kind lora", "render_adapter.py"),
-}
-# The write-up's pair: each of its two rendering scripts is compared with the other's output.
-COUNTERPART = {"prompt": "mlp", "mlp": "prompt"}
 
 
 class AdapterFileError(ValueError):
@@ -43,7 +36,7 @@ class AdapterFileError(ValueError):
 class AdapterMetadata:
     """Everything an adapter file says about itself besides its tensors."""
 
-    kind: AdapterKind
+    kind: str
     config: dict
     base: dict  # BaseInfo fields of the base it was trained on; empty for legacy files
     step: int = 0
@@ -64,15 +57,15 @@ class AdapterMetadata:
     @classmethod
     def from_strings(cls, path: Path, strings: dict[str, str]) -> AdapterMetadata:
         if strings.get("format") != FORMAT:
+            trainers = sorted({get_kind(name).train_command.split()[0] for name in kind_names()})
             raise AdapterFileError(
                 f"{path}: not an altadapter file (metadata format {strings.get('format')!r}, "
-                f"expected {FORMAT!r}); train one with {SCRIPTS['mlp'][0]}, {SCRIPTS['prompt'][0]} "
-                "or train_adapter.py"
+                f"expected {FORMAT!r}); train one with {' or '.join(trainers)}"
             )
-        if "kind" in strings and strings["kind"] not in SCRIPTS:
+        if "kind" in strings and strings["kind"] not in kind_names():
             raise AdapterFileError(
                 f"{path}: an adapter of kind {strings.get('kind')!r}, which this version of altadapter "
-                f"({altadapter.__version__}) does not know; it knows {', '.join(SCRIPTS)}"
+                f"({altadapter.__version__}) does not know; it knows {', '.join(kind_names())}"
             )
         try:
             return cls(
@@ -102,7 +95,7 @@ def library_versions() -> dict[str, str]:
 
 def save_adapter(
     path: str | Path,
-    adapter: Adapter,
+    adapter: nn.Module,
     base: BaseInfo,
     *,
     step: int = 0,
@@ -165,22 +158,21 @@ def _read_legacy(path: Path) -> tuple[dict[str, torch.Tensor], AdapterMetadata]:
         raise AdapterFileError(
             f"{path}: expected a dict of tensors (a state_dict), got {type(state).__name__}"
         )
-    if set(state) == {"embeddings"} and state["embeddings"].ndim == 2:
-        num_prompts, dim = state["embeddings"].shape
-        return state, AdapterMetadata("prompt", {"dim": dim, "num_prompts": num_prompts}, base={})
-    layer_keys = {f"layers.{i}.{part}" for i in range(len(state) // 2) for part in ("weight", "bias")}
-    if state and set(state) == layer_keys:
-        dim = state["layers.0.weight"].shape[0]
-        return state, AdapterMetadata("mlp", {"dim": dim, "num_layers": len(state) // 2}, base={})
-    raise AdapterFileError(f"{path}: tensors {sorted(state)[:4]} are neither an MLP nor a prompt adapter")
+    for name in kind_names():
+        config = get_kind(name).read_legacy(state)
+        if config is not None:
+            return state, AdapterMetadata(name, config, base={})
+    raise AdapterFileError(
+        f"{path}: tensors {sorted(state)[:4]} are no adapter this version knows ({', '.join(kind_names())})"
+    )
 
 
-def check_kind(path: Path, metadata: AdapterMetadata, expected_kind: AdapterKind | None) -> None:
+def check_kind(path: Path, metadata: AdapterMetadata, expected_kind: str | None) -> None:
     """Refuse an adapter of another kind than `expected_kind` (None accepts any), naming its own script."""
     if expected_kind is not None and metadata.kind != expected_kind:
         raise AdapterFileError(
             f"{path} is a {metadata.kind} adapter, not a {expected_kind} adapter: "
-            f"render it with {SCRIPTS[metadata.kind][1]}"
+            f"render it with {get_kind(metadata.kind).render_command}"
         )
 
 
@@ -189,25 +181,10 @@ def check_against_base(
 ) -> None:
     """Refuse an adapter whose dimensions (or, unless allowed, weights fingerprint) do not fit `base`."""
     trained_on = metadata.base.get("name", "an unknown base")
-    if metadata.kind == "mlp":
-        expected = ("project_dim", base.project_dim)
-    else:
-        expected = ("hidden_size", base.hidden_size)
-    if metadata.config.get("dim") != expected[1]:
+    reason = get_kind(metadata.kind).check_base(metadata.config, base)
+    if reason is not None:
         raise AdapterFileError(
-            f"{path}: this {metadata.kind} adapter is {metadata.config.get('dim')} wide but the base's "
-            f"{expected[0]} is {expected[1]}: it was trained on {trained_on}, pass that model as --model_path"
-        )
-    layers = metadata.config.get("num_layers")
-    if metadata.kind == "lora" and base.num_layers and layers != base.num_layers:
-        raise AdapterFileError(
-            f"{path}: this lora adapter has {layers} layers but the base's text encoder has "
-            f"{base.num_layers}: it was trained on {trained_on}, pass that model as --model_path"
-        )
-    if metadata.kind == "prompt" and metadata.config["num_prompts"] > base.max_text_positions - 2:
-        raise AdapterFileError(
-            f"{path}: {metadata.config['num_prompts']} prompt vectors do not fit this base's "
-            f"{base.max_text_positions} positions; it was trained on {trained_on}"
+            f"{path}: {reason}: it was trained on {trained_on}, pass that model as --model_path"
         )
     fingerprint = metadata.base.get("fingerprint")
     if fingerprint and fingerprint != base.fingerprint and not allow_other_base:
@@ -221,16 +198,16 @@ def load_adapter(
     path: str | Path,
     base: BaseInfo,
     *,
-    expected_kind: AdapterKind | None = None,
+    expected_kind: str | None = None,
     allow_other_base: bool = False,
-) -> tuple[Adapter, AdapterMetadata]:
+) -> tuple[nn.Module, AdapterMetadata]:
     """Read an adapter file, check it fits `base`, and return the fp32 adapter and its metadata."""
     path = Path(path)
     tensors, metadata = read_adapter_file(path)
     check_kind(path, metadata, expected_kind)
     check_against_base(path, metadata, base, allow_other_base=allow_other_base)
     try:
-        adapter = build_adapter(metadata.kind, metadata.config)
+        adapter = get_kind(metadata.kind).from_config(metadata.config)
         adapter.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
     except (TypeError, ValueError, RuntimeError) as error:
         raise AdapterFileError(

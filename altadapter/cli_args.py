@@ -8,11 +8,9 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from altadapter.errors import UserError
+
 DEFAULT_MODEL = "BAAI/AltDiffusion-m9"
-
-
-class UserError(Exception):
-    """A mistake the user fixes from the message alone: a flag, a file, a folder, a model path."""
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
 )
 from transformers import XLMRobertaTokenizer
 
-from altadapter.cli_args import UserError
 from altadapter.devices import DTYPES, vae_scale_factor
+from altadapter.errors import UserError
 
 logger = logging.getLogger(__name__)
 

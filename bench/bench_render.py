@@ -29,13 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from altadapter.adapters import PromptAdapter, PromptConfig
+from altadapter.adapters.conditioning import encode_prompt_pair
+from altadapter.adapters.prompt import PromptAdapter, PromptConfig
 from altadapter.devices import DTYPES
-from altadapter.encoding import encode_prompt_pair
 from altadapter.model import load_base, make_pipeline
 from altadapter.rendering.sampler import RenderSettings, default_size, image_seed, render_comparison
 from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
-from altadapter.tiny_models import PRESETS, build_model_dir
+from altadapter.testing.tiny_models import PRESETS, build_model_dir
 
 PROMPT = "1girl, solo, long hair, red dress, smile, simple background, hat"
 

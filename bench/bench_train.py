@@ -14,6 +14,7 @@ Numbers, not pass/fail: prints ms/step, the ratios and peak memory, and writes J
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import platform
@@ -21,7 +22,6 @@ import resource
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,27 +29,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from altadapter.adapters import (
-    LoRAAdapter,
-    LoRAConfig,
-    MLPAdapter,
-    MLPConfig,
-    PromptAdapter,
-    PromptConfig,
-    VocabAdapter,
-    VocabConfig,
-)
+from altadapter.adapters import get_kind, kind_names
 from altadapter.data.records import Record
 from altadapter.devices import DTYPES
-from altadapter.encoding import adapter_tokens, apply_mlp, encode_tokens, tokenize
+from altadapter.encoding import encode_original
 from altadapter.model import AltDiffusionBase, load_base
-from altadapter.tiny_models import PRESETS, build_model_dir
+from altadapter.testing.tiny_models import PRESETS, build_model_dir
 from altadapter.training.caches import LatentCache
 from altadapter.training.conditioning import Conditioner
+from altadapter.training.config import PreserveConfig
 from altadapter.training.losses import diffusion_loss
 
 CAPTION = "1girl, solo, long hair, red dress, smile, simple background, looking at viewer, hat"
-KINDS = ("mlp", "prompt", "vocab", "lora")
+KINDS = kind_names()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=KINDS,
         default=list(KINDS),
-        help="adapter kinds to time (vocab: a vector per caption tag; lora: rank 4 on q, k, v, out)",
+        help="adapter kinds to time, each with its training defaults (vocab: a vector per caption tag; "
+        "lora: rank 4 on q, k, v, out)",
     )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
@@ -110,14 +103,11 @@ def time_step(step: Callable[[], None], device: torch.device, steps: int, warmup
 
 
 def make_adapter(kind: str, base: AltDiffusionBase, num_prompts: int) -> torch.nn.Module:
-    width = base.info.hidden_size
-    adapters = {
-        "mlp": lambda: MLPAdapter(MLPConfig(dim=base.info.project_dim)),
-        "prompt": lambda: PromptAdapter(PromptConfig(dim=width, num_prompts=num_prompts)),
-        "vocab": lambda: VocabAdapter(VocabConfig(dim=width, tags=tuple(CAPTION.split(", ")))),
-        "lora": lambda: LoRAAdapter(LoRAConfig(dim=width, num_layers=base.info.num_layers)),
-    }
-    return adapters[kind]().to(base.device)
+    """An adapter of `kind` from its training defaults (--num_prompts for kinds that take it)."""
+    options = get_kind(kind).options_class()
+    if "num_prompts" in {field.name for field in dataclasses.fields(options)}:
+        options = dataclasses.replace(options, num_prompts=num_prompts)
+    return get_kind(kind).build(options, base, [CAPTION], seed=0).to(base.device)
 
 
 def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dict[str, Callable[[], None]]:
@@ -135,8 +125,9 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
         [Record(Path(f"{i}.png"), CAPTION) for i in range(batch)],
         base.vae.config.scaling_factor,
     )
-    options = Namespace(preserve_weight=0.0, preserve_batch_size=0, preserve_prompts=None)
-    conditioner = Conditioner(kind, base, adapter, [CAPTION], options, progress=False)
+    adapter_kind = get_kind(kind)
+    no_penalty = PreserveConfig(preserve_weight=0.0, preserve_prompts=None, preserve_batch_size=0)
+    conditioner = Conditioner(adapter_kind, base, adapter, [CAPTION], no_penalty, progress=False)
     scaling = base.vae.config.scaling_factor
     captions = [CAPTION] * batch
     indices, flips = torch.arange(batch), torch.zeros(batch, dtype=torch.long)
@@ -153,35 +144,34 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
     def naive() -> None:
         with torch.no_grad():
             latents = base.vae.encode(pixels.to(base.dtype)).latent_dist.sample() * scaling
-        if kind == "mlp":
+        if adapter_kind.acts_on_output:
             with torch.no_grad():
-                ids, mask = tokenize(base, captions, base.info.model_max_length, warn=False)
-                original = encode_tokens(base, ids, mask)
-            conditioning = apply_mlp(adapter, original)
+                original = encode_original(base, captions, warn=False)
+            conditioning = adapter_kind.transform(adapter, original)
         else:
-            ids, mask = adapter_tokens(base, captions, adapter, warn=False)
-            conditioning = encode_tokens(base, ids, mask, adapter)
+            ids, mask = adapter_kind.tokenize(base, captions, adapter.config, warn=False)
+            conditioning = adapter_kind.encode(base, ids, mask, adapter)
         finish(diffusion_loss(base, noise_scheduler, conditioning, latents, *random_inputs(latents)))
 
     def optimised() -> None:
         generator = torch.Generator().manual_seed(0)
         latents = cache.sample(indices, flips, generator).to(device, base.dtype)
-        conditioning, _ = conditioner.tuned(adapter, captions)
+        conditioning, _ = conditioner.tuned_with_penalty(adapter, captions)
         finish(diffusion_loss(base, noise_scheduler, conditioning, latents, *random_inputs(latents)))
 
     fixed_latents = cache.mean(indices).to(device, base.dtype)
     fixed_noise, fixed_t = random_inputs(fixed_latents)
     noisy = noise_scheduler.add_noise(fixed_latents, fixed_noise, fixed_t)
-    if kind == "mlp":
+    if adapter_kind.acts_on_output:
         fixed_conditioning = conditioner.stack_originals(captions).detach()
     else:
         fixed_ids, fixed_mask = conditioner.stack_tokens(captions)
 
     def floor() -> None:
-        if kind == "mlp":
+        if adapter_kind.acts_on_output:
             conditioning = fixed_conditioning.clone().requires_grad_(True)
         else:
-            conditioning = encode_tokens(base, fixed_ids, fixed_mask, adapter)
+            conditioning = adapter_kind.encode(base, fixed_ids, fixed_mask, adapter)
         base.unet(
             noisy, fixed_t, encoder_hidden_states=conditioning
         ).sample.float().square().mean().backward()

@@ -2,7 +2,7 @@
 
     python bench/flops_m9.py --resolution 512 --batch_size 1
 
-No weights and no GPU: the published m9 configs (altadapter/configs/altdiffusion-m9) are instantiated on
+No weights and no GPU: the published m9 configs (altadapter/testing/configs/altdiffusion-m9) are instantiated on
 torch's meta device and `torch.utils.flop_counter` counts the matmuls and convolutions. The output says what
 caching can save at equal precision: naive/optimised = (VAE encode + encoder + UNet) / (what remains).
 """
@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from altadapter.tiny_models import read_published_config
+from altadapter.testing.tiny_models import read_published_config
 
 M9 = "altdiffusion-m9"
 

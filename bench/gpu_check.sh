@@ -29,7 +29,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") >"$OUT/device.txt"
 
 echo "== building the $PRESET model"
-$PY -c "from altadapter.tiny_models import build_model_dir; build_model_dir('$work/model', '$PRESET')" || exit 1
+$PY -c "from altadapter.testing.tiny_models import build_model_dir; build_model_dir('$work/model', '$PRESET')" || exit 1
 
 echo "== 1. training-step speed"
 timeout 240 $PY bench/bench_train.py --model_path "$work/model" --preset "$PRESET" --resolution "$RES" \

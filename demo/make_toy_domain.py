@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
-from altadapter.toy import captions
+from toyworld import captions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

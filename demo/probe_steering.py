@@ -22,8 +22,8 @@ import torch
 from altadapter.cli_args import setup_logging
 from altadapter.model import load_base
 from altadapter.rendering.report import markdown_row
-from altadapter.toy import captions, world
-from altadapter.toy.steering import fit_plain_probe, steer, steering_adapters
+from toyworld import captions, world
+from toyworld.steering import fit_plain_probe, steer, steering_adapters
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,12 +1,11 @@
 """Run the write-up's whole workflow on the toy domain and measure what the adapters learned and kept.
 
 Writes the toy domain (demo/make_toy_domain.py), converts it (meta_file_converter.py), samples the grid
-prompts (prompts_generator.py), trains the MLP and the prompt adapter on the toy base
-(text_encoder_util_mlp_transfer.py, text_encoder_util.py), again with --preserve_weight, renders the
-write-up's grids into IMAGES_DIR/mlp and IMAGES_DIR/prompt (text_encoder_gen_show_mlp.py,
-text_encoder_gen_show.py; IMAGES_DIR/prompt/report.md holds the full table), then scores the original
-model and the four adapters: held-out denoising loss, and the attribute accuracy of pictures rendered from
-domain prompts (short and long) and base-world prompts, read by a transparent colour/shape classifier.
+prompts (prompts_generator.py), trains every adapter kind on the toy base (mlp, prompt, vocab, lora, each
+through its own script; mlp, prompt and lora again with --preserve_weight), renders the write-up's grids
+into IMAGES_DIR/KIND (IMAGES_DIR/prompt/report.md holds the write-up's full table), then scores the
+original model and every adapter: held-out denoising loss, and the attribute accuracy of pictures rendered
+from domain prompts (short and long) and base-world prompts, read by a transparent colour/shape classifier.
 Every command is printed as it runs; its output goes to WORK_DIR/logs/. The results table is printed and
 written to WORK_DIR/results.md and WORK_DIR/results.json.
 
@@ -24,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
 from altadapter.cli_args import setup_logging
-from altadapter.toy.commands import DemoError
-from altadapter.toy.demo import run_demo
-from altadapter.toy.demo_config import SMOKE, DemoConfig
-from altadapter.toy.results import format_results
+from toyworld.commands import DemoError
+from toyworld.demo import run_demo
+from toyworld.demo_config import SMOKE, DemoConfig
+from toyworld.results import format_results
 
 FULL = DemoConfig()
 

@@ -1,7 +1,7 @@
 """Train the demo's toy AltDiffusion base from scratch on the toy world, save it, and check what it draws.
 
 The toy world is coloured shapes on coloured backgrounds described in plain words ("a red circle on a blue
-background"); see altadapter/toy/. Three phases: a VAE; the text encoder, taught the world's words and then
+background"); see demo/toyworld/. Three phases: a VAE; the text encoder, taught the world's words and then
 frozen (as AltDiffusion's encoder was trained before its UNet); the UNet on the encoder's cached outputs
 (epsilon prediction, m9's DDPM schedule, 10% empty captions). The model is saved in the AltDiffusion folder
 layout with fp16 weights, reloaded with load_base, sampled with the stock pipeline (DDIM) on every base-world
@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: runs without installing
 
 from altadapter.cli_args import add_verbose_arg, setup_logging, user_errors
-from altadapter.toy.base_config import REPORT_FILE, ToyBaseConfig
-from altadapter.toy.base_eval import reevaluate_toy_base
-from altadapter.toy.base_training import train_toy_base
+from toyworld.base_config import REPORT_FILE, ToyBaseConfig
+from toyworld.base_eval import reevaluate_toy_base
+from toyworld.base_training import train_toy_base
 
 DEFAULTS = ToyBaseConfig()
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
 
 import pytest
+from training_helpers import write_colour_dataset
 
 from altadapter.model import AltDiffusionBase, load_base
-from altadapter.tiny_models import PRESETS, build_model_dir
+from altadapter.testing.tiny_models import PRESETS, build_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +23,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_model_dir: Path) -> AltDiffusionBase:
     return load_base(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def roomy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with 128 positions: room for every kind's default flags (the prompt kind's 100 vectors)."""
+    size = dataclasses.replace(PRESETS["tiny"], model_max_length=128)
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny-roomy", size)
+
+
+@pytest.fixture(scope="session")
+def roomy_base(roomy_model_dir: Path) -> AltDiffusionBase:
+    return load_base(roomy_model_dir)
+
+
+@pytest.fixture(scope="session")
+def colour_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight flat-colour images whose captions name the colour: learnable in a few steps."""
+    return write_colour_dataset(tmp_path_factory.mktemp("data") / "colours")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from altadapter.tiny_models import ModelSize, build_model_dir
-from altadapter.toy import captions
-from altadapter.toy.commands import Command, DemoError, run_commands
-from altadapter.toy.demo_config import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
+from altadapter.testing.tiny_models import ModelSize, build_model_dir
+from toyworld import captions
+from toyworld.commands import Command, DemoError, run_commands
+from toyworld.demo import GRID_PAIRS
+from toyworld.demo_config import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DEMO = ROOT / "demo" / "run_demo.py"
@@ -44,7 +45,7 @@ def test_smoke_demo_writes_every_artefact(smoke_run):
     assert done.returncode == 0, done.stderr[-3000:]
     # The write-up's grids and table, from the real rendering scripts.
     steps, count = SMOKE["grid_steps"], SMOKE["grid_images"]
-    for kind in ("mlp", "prompt", "vocab", "lora"):
+    for kind in (kind for pair in GRID_PAIRS for kind in pair):
         for index in range(SMOKE["grid_prompts"]):
             stem = f"grid_{index}_with_samples_{count}_with_steps_{steps}"
             assert (images / kind / f"{stem}.png").is_file()

@@ -13,10 +13,11 @@ from accelerate.state import AcceleratorState
 import text_encoder_util_mlp_transfer
 from altadapter.adapter_io import read_adapter_file
 from altadapter.model import load_base
-from altadapter.toy import captions, world
-from altadapter.toy.base_config import ToyBaseConfig
-from altadapter.toy.base_eval import render_prompts
+from altadapter.training.config import TrainingConfig
 from altadapter.training.loop import train
+from toyworld import captions, world
+from toyworld.base_config import ToyBaseConfig
+from toyworld.base_eval import render_prompts
 
 TOY_BASE = Path(__file__).resolve().parents[1] / "demo" / "toy_base"
 
@@ -49,7 +50,7 @@ def test_a_few_adapter_steps_lower_the_held_out_domain_loss(tmp_path):
         *("--mixed_precision", "no", "--report_to", "none", "--validation_steps", "30"),
     ]
     try:
-        adapter_file = train(text_encoder_util_mlp_transfer.parse_args(argv), "mlp")
+        adapter_file = train(TrainingConfig.from_args(text_encoder_util_mlp_transfer.parse_args(argv), "mlp"))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     extra = read_adapter_file(adapter_file)[1].extra

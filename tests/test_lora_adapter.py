@@ -6,8 +6,8 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 
-from altadapter.adapters import LoRAAdapter, LoRAConfig
-from altadapter.encoding import encode_text
+from altadapter.adapters.conditioning import encode_text
+from altadapter.adapters.lora import LoRAAdapter, LoRAConfig, LoRAKind, LoRAOptions
 from altadapter.model import load_base
 
 PROMPTS = ["1girl, solo, red hair, long dress", "a cat on a blue house，simple background"]
@@ -116,3 +116,23 @@ def test_an_encoder_of_another_size_is_refused_in_one_line(base):
     adapter = LoRAAdapter(LoRAConfig(dim=base.info.hidden_size, num_layers=base.info.num_layers + 1))
     with pytest.raises(ValueError, match="no 32-wide Linear roberta.encoder.layer.2.attention.self.query"):
         encode_text(base, PROMPTS, adapter)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rank": 0}, "--rank must be at least 1"),
+        ({"lora_alpha": -1.0}, "--lora_alpha must be positive"),
+        ({"lora_targets": ["query", "query"]}, "names a projection twice"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_loads(options, message):
+    with pytest.raises(ValueError, match=message):
+        LoRAOptions(**options)
+
+
+def test_flags_build_lora_on_every_layer_with_alpha_defaulting_to_the_rank(base):
+    adapter = LoRAKind().build(LoRAOptions(rank=2, lora_targets=["value", "query"]), base, [], seed=0)
+    assert adapter.config.num_layers == base.text_encoder.config.num_hidden_layers
+    assert adapter.config.alpha == 2.0 and adapter.config.targets == ("query", "value")
+    assert len(adapter.state_dict()) == 2 * 2 * adapter.config.num_layers

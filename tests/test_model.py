@@ -14,9 +14,9 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
     RobertaSeriesModelWithTransformation,
 )
 
-from altadapter.encoding import encode_text
+from altadapter.adapters.conditioning import encode_text
 from altadapter.model import BaseModelError, load_base, make_pipeline
-from altadapter.tiny_models import PRESETS, build_model_dir, read_published_config
+from altadapter.testing.tiny_models import PRESETS, build_model_dir, read_published_config
 
 
 def test_loads_tiny_m9_folder(tiny_base):

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from altadapter.adapter_io import AdapterMetadata
-from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
+from altadapter.adapters.conditioning import conditioning_length
+from altadapter.adapters.mlp import MLPAdapter, MLPConfig
+from altadapter.adapters.prompt import PromptAdapter, PromptConfig
 from altadapter.data.prompts import read_prompts
-from altadapter.encoding import conditioning_length
 from altadapter.model import make_pipeline
 from altadapter.rendering import report
 from altadapter.rendering.grids import labelled_rows

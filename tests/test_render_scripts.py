@@ -17,18 +17,12 @@ from PIL import Image
 from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altadapter.adapter_io import save_adapter
-from altadapter.adapters import (
-    LoRAAdapter,
-    LoRAConfig,
-    MLPAdapter,
-    MLPConfig,
-    PromptAdapter,
-    PromptConfig,
-    VocabAdapter,
-    VocabConfig,
-)
+from altadapter.adapters.lora import LoRAAdapter, LoRAConfig
+from altadapter.adapters.mlp import MLPAdapter, MLPConfig
+from altadapter.adapters.prompt import PromptAdapter, PromptConfig
+from altadapter.adapters.vocab import VocabAdapter, VocabConfig
 from altadapter.rendering.clip_score import ClipScorer
-from altadapter.tiny_models import BASIC_WORDS, build_tokenizer
+from altadapter.testing.tiny_models import BASIC_WORDS, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_PROMPT = ", ".join(["red hair"] * 30)
@@ -219,7 +213,7 @@ def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
             "render_adapter.py",
             "lora",
             ["--top_k_tokens", "3"],
-            "--top_k_tokens applies to prompt and vocab adapters; .* is a lora adapter",
+            "--top_k_tokens applies to adapters of learned input vectors; .* is a lora adapter",
         ),
         ("render_adapter.py", "other_base", [], "trained on other-model .*--allow_other_base"),
         ("text_encoder_gen_show.py", "nope.safetensors", [], "nope.safetensors: no such adapter file"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from altadapter.model import load_base
-from altadapter.toy import captions
-from altadapter.toy.steering import fit_plain_probe, steer, steering_adapters
+from toyworld import captions
+from toyworld.steering import fit_plain_probe, steer, steering_adapters
 
 TOY_BASE = Path(__file__).resolve().parents[1] / "demo" / "toy_base"
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from altadapter.data.tag_text import tag_spans
 from altadapter.data.tags import TagFileError, find_tagged_images, join_tags, read_tag_file, split_tags
-from altadapter.tag_text import tag_spans
 
 # The beginning and the end of the write-up's prompt #4, which switches to full-width commas mid-prompt.
 WRITEUP_PROMPT_4 = (

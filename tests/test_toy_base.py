@@ -12,13 +12,13 @@ import torch
 from safetensors import safe_open
 
 from altadapter.model import load_base
-from altadapter.tiny_models import PRESETS, build_text_encoder, build_tokenizer
-from altadapter.toy import captions, world
-from altadapter.toy.base_config import REPORT_FILE, TOY_SIZE, ToyBaseConfig
-from altadapter.toy.base_data import ConditioningBank, ScenePool, build_caption_bank, shifted_positions
-from altadapter.toy.base_training import train_toy_base
-from altadapter.toy.demo_config import DemoConfig
-from altadapter.toy.text_pretraining import text_signals, train_text_encoder
+from altadapter.testing.tiny_models import PRESETS, build_text_encoder, build_tokenizer
+from toyworld import captions, world
+from toyworld.base_config import REPORT_FILE, TOY_SIZE, ToyBaseConfig
+from toyworld.base_data import ConditioningBank, ScenePool, build_caption_bank, shifted_positions
+from toyworld.base_training import train_toy_base
+from toyworld.demo_config import DemoConfig
+from toyworld.text_pretraining import text_signals, train_text_encoder
 
 
 def test_shifted_positions_move_text_after_bos_and_keep_padding():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from altadapter.data.tags import find_tagged_images, read_tag_file
-from altadapter.tiny_models import build_tokenizer
-from altadapter.toy import captions, world
-from altadapter.toy.world import Attributes
+from altadapter.testing.tiny_models import build_tokenizer
+from toyworld import captions, world
+from toyworld.world import Attributes
 
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 

@@ -7,9 +7,16 @@ import logging
 import pytest
 import torch
 
-from altadapter.adapters import VocabAdapter, VocabConfig
-from altadapter.encoding import encode_prompt_pair, encode_text, tokenize, tokenize_with_tags
-from altadapter.vocab_adapter import vocab_init_from_pieces
+from altadapter.adapters.conditioning import encode_prompt_pair, encode_text
+from altadapter.adapters.vocab import (
+    VocabAdapter,
+    VocabConfig,
+    VocabKind,
+    VocabOptions,
+    tokenize_with_tags,
+    vocab_init_from_pieces,
+)
+from altadapter.encoding import tokenize
 
 TAGS = ("lappland", "安洁莉娜", "long hair", "^_^")
 UNTAGGED = [
@@ -161,3 +168,29 @@ def test_vectors_start_from_the_word_embeddings_of_each_tags_pieces(tiny_base):
 def test_config_refuses_tags_a_prompt_could_not_match(tags, message):
     with pytest.raises(ValueError, match=message):
         VocabConfig(dim=8, tags=tags)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tags": "/nonexistent/tags.txt"}, "--tags /nonexistent/tags.txt: no such file"),
+        ({"vectors_per_tag": 0}, "--vectors_per_tag must be at least 1"),
+        ({"num_tags": 0}, "--num_tags must be at least 1"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_loads(options, message):
+    with pytest.raises(ValueError, match=message):
+        VocabOptions(**options)
+
+
+def test_a_tags_file_chooses_the_tags_normalised(tiny_base, tmp_path):
+    tags = tmp_path / "tags.txt"
+    tags.write_text("red_hair\nblue hair, lappland\n", encoding="utf-8")
+    adapter = VocabKind().build(VocabOptions(tags=str(tags)), tiny_base, ["1girl, solo"], seed=0)
+    assert adapter.config.tags == ("red hair", "blue hair", "lappland")
+
+
+def test_without_a_tags_file_the_most_frequent_tags_are_learned(tiny_base):
+    captions = ["1girl, solo, red hair, dress", "1girl, solo, blue hair", "1girl, dress"]
+    adapter = VocabKind().build(VocabOptions(num_tags=3, vectors_per_tag=2), tiny_base, captions, seed=0)
+    assert adapter.config.tags == ("1girl", "dress", "solo") and adapter.embeddings.shape == (6, 32)

@@ -18,7 +18,6 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from altadapter.cli_args import UserError
 from altadapter.data.records import METADATA_FILE, open_rgb
 from altadapter.data.tags import (
     IMAGE_EXTENSIONS,
@@ -28,6 +27,7 @@ from altadapter.data.tags import (
     join_tags,
     read_tag_file,
 )
+from altadapter.errors import UserError
 from altadapter.fileio import atomic_replace_from, atomic_write, temp_path_beside
 
 EXAMPLES_PER_REASON = 3

@@ -1,4 +1,4 @@
-"""Danbooru-style tags: captions split by the one normaliser (`altadapter.tag_text`), tag files, sidecars."""
+"""Danbooru-style tags: captions split by the one normaliser (`altadapter.data.tag_text`), tag files, sidecars."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from altadapter.tag_text import SEPARATORS, normalise_tag
+from altadapter.data.tag_text import SEPARATORS, normalise_tag
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Order is preference: an image with both `name.txt` and `name.caption` takes `name.txt`.

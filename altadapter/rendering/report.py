@@ -16,9 +16,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import torch
+from torch import nn
 
-from altadapter.adapter_io import COUNTERPART, SCRIPTS, AdapterMetadata
-from altadapter.adapters import PromptAdapter, VocabAdapter
+from altadapter.adapter_io import AdapterMetadata
+from altadapter.adapters import get_kind, kind_names, kind_of
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import PromptImages, RenderSettings, prompt_files, scale_label
@@ -26,7 +27,6 @@ from altadapter.rendering.sampler import PromptImages, RenderSettings, prompt_fi
 RECORD_NAME = "render.json"
 REPORT_NAME = "report.md"
 FORMAT = "altadapter-render/1"
-KIND_TITLES = {"mlp": "MLP", "prompt": "Prompt", "vocab": "Vocab", "lora": "LoRA"}  # also the tables' order
 # What decides the original's pixels: two runs that agree on all of these rendered the same originals.
 ORIGINAL_KEYS = (
     "num_images",
@@ -43,12 +43,11 @@ ORIGINAL_KEYS = (
 
 
 @torch.no_grad()
-def nearest_tokens(
-    base: AltDiffusionBase, adapter: PromptAdapter | VocabAdapter, top_k: int
-) -> list[list[tuple[str, float]]]:
-    """Each learned vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first."""
+def nearest_tokens(base: AltDiffusionBase, adapter: nn.Module, top_k: int) -> list[list[tuple[str, float]]]:
+    """Each learned input vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first."""
     words = base.text_encoder.get_input_embeddings().weight  # (V, H)
-    vectors = torch.nn.functional.normalize(adapter.embeddings.float().to(words.device), dim=-1)  # (P, H)
+    learned = kind_of(adapter).learned_vectors(adapter)
+    vectors = torch.nn.functional.normalize(learned.float().to(words.device), dim=-1)  # (P, H)
     # Slices of the vocabulary: m9's 250,002 x 1024 embeddings would take 1 GB more as fp32 at once.
     similarity = torch.cat(
         [vectors @ torch.nn.functional.normalize(part.float(), dim=-1).T for part in words.split(32768)],
@@ -109,16 +108,8 @@ def build_record(
         },
         "prompts": prompts,
         "nearest_tokens": nearest,
-        "vector_labels": tag_labels(metadata) if nearest and metadata.kind == "vocab" else None,
+        "vector_labels": get_kind(metadata.kind).vector_labels(metadata.config) if nearest else None,
     }
-
-
-def tag_labels(metadata: AdapterMetadata) -> list[str]:
-    """The tag each of a vocab adapter's vectors stands for, numbered when a tag has several."""
-    per_tag = metadata.config["vectors_per_tag"]
-    return [
-        tag if per_tag == 1 else f"{tag} [{k}]" for tag in metadata.config["tags"] for k in range(per_tag)
-    ]
 
 
 def write_record(output_dir: str | Path, record: dict) -> Path:
@@ -135,7 +126,8 @@ def read_record(output_dir: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(
             f"--compare_with {output_dir}: no {RECORD_NAME} there; render the other adapter into it first "
-            f"({SCRIPTS['mlp'][1]}, {SCRIPTS['prompt'][1]} or render_adapter.py --output_dir {output_dir})"
+            f"({', '.join(sorted({get_kind(name).render_command for name in kind_names()}))} "
+            f"--output_dir {output_dir})"
         )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -149,8 +141,12 @@ def read_record(output_dir: str | Path) -> dict:
 def check_comparable(kind: str, prompts: Sequence[str], other: dict, other_dir: str | Path) -> None:
     """Refuse a --compare_with folder of the same adapter kind or rendered from other prompts."""
     if other["kind"] == kind:
-        counterpart = COUNTERPART.get(kind)
-        wanted = f"that {SCRIPTS[counterpart][1]} rendered" if counterpart else "of another adapter kind"
+        counterpart = get_kind(kind).counterpart
+        wanted = (
+            f"that {get_kind(counterpart).render_command} rendered"
+            if counterpart
+            else "of another adapter kind"
+        )
         raise ValueError(
             f"--compare_with {other_dir} holds {kind} adapter images too; give the folder {wanted}"
         )
@@ -167,19 +163,19 @@ def format_report(record: dict, other: dict | None = None, other_link: str = "")
 
     `other_link` is the other run's folder relative to this report's folder.
     """
-    title = KIND_TITLES[record["kind"]]
+    title = get_kind(record["kind"]).title
     lines = [f"# {title} adapter: tuned and original, from the same noise", ""]
     lines += _run_table(record)
     if other is not None:
-        first, second = (KIND_TITLES[kind] for kind in _in_kind_order(record, other))
+        first, second = (get_kind(kind).title for kind in _in_kind_order(record, other))
         lines += ["", f"## {first}, {second} and the original side by side", ""]
         lines += _full_table(record, other, other_link)
     lines += ["", "## Settings", "", *_settings(record)]
     if other is not None:
-        lines += ["", f"## Settings of the {KIND_TITLES[other['kind']]} run (`{other_link}`)", ""]
+        lines += ["", f"## Settings of the {get_kind(other['kind']).title} run (`{other_link}`)", ""]
         lines += _settings(other)
     if record.get("nearest_tokens"):
-        vectors = "tag vector" if record["kind"] == "vocab" else "prompt vector"
+        vectors = get_kind(record["kind"]).vector_noun
         lines += ["", f"## Nearest vocabulary tokens of each {vectors} (cosine)", ""]
         lines += ["| vector | nearest tokens |", "|---:|:---|"]
         labels = record.get("vector_labels") or [str(i) for i in range(len(record["nearest_tokens"]))]
@@ -226,21 +222,21 @@ def _run_table(record: dict) -> list[str]:
 
 
 def _in_kind_order(record: dict, other: dict) -> list[str]:
-    """The two runs' kinds in the tables' order (MLP before Prompt, as the write-up's table)."""
-    return sorted({record["kind"], other["kind"]}, key=list(KIND_TITLES).index)
+    """The two runs' kinds in registration order (MLP before Prompt, as the write-up's table)."""
+    return sorted({record["kind"], other["kind"]}, key=kind_names().index)
 
 
 def _full_table(record: dict, other: dict, other_link: str) -> list[str]:
     """index | prompt | MLP | Prompt | original (both originals when the runs' settings differ).
 
-    Any two kinds: the columns are theirs, in KIND_TITLES order.
+    Any two kinds: the columns are theirs, in registration order.
     """
     runs = {record["kind"]: (record, ""), other["kind"]: (other, other_link)}
     kinds = _in_kind_order(record, other)
     same = record["model"]["fingerprint"] == other["model"]["fingerprint"] and all(
         record["settings"][key] == other["settings"][key] for key in ORIGINAL_KEYS
     )
-    titles = [KIND_TITLES[kind] for kind in kinds]
+    titles = [get_kind(kind).title for kind in kinds]
     headers = ["index", "prompt", *titles]
     headers += ["original"] if same else [f"original ({title} run)" for title in titles]
     lines = []

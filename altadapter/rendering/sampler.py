@@ -24,12 +24,12 @@ from diffusers import SchedulerMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
 from altadapter import encoding
-from altadapter.adapters import Adapter
+from altadapter.adapters.conditioning import encode_text
 from altadapter.data.images import check_resolution
-from altadapter.encoding import encode_text
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.grids import image_grid, labelled_rows
@@ -78,7 +78,7 @@ class RenderSettings:
 class Row:
     """One row of a comparison: the conditioning of `adapter` at `scale`, or the original (adapter None)."""
 
-    adapter: Adapter | None = None
+    adapter: nn.Module | None = None
     scale: float = 1.0
 
 
@@ -123,7 +123,7 @@ def scale_label(scale: float, scales: Sequence[float]) -> str:
     return "tuned" if list(scales) == [1.0] else f"tuned, scale {scale:g}"
 
 
-def comparison_rows(adapter: Adapter | None, scales: Sequence[float]) -> list[Row]:
+def comparison_rows(adapter: nn.Module | None, scales: Sequence[float]) -> list[Row]:
     """One tuned row per scale (none without an adapter), then the original."""
     tuned = [Row(adapter, scale) for scale in scales] if adapter is not None else []
     return [*tuned, Row()]
@@ -178,7 +178,7 @@ def render_rows(
 
 def render_comparison(
     base: AltDiffusionBase,
-    adapter: Adapter | None,
+    adapter: nn.Module | None,
     prompts: Sequence[str],
     *,
     settings: RenderSettings,

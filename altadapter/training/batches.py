@@ -8,7 +8,6 @@ adapter, optimizer and lr-schedule state.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 
 from altadapter.data.records import Record
 from altadapter.training.caches import LatentCache
+from altadapter.training.config import OptimConfig
 
 
 def step_generator(seed: int, micro_step: int, process: int) -> torch.Generator:
@@ -51,7 +51,8 @@ class MicroBatch:
 
 
 def draw_micro_batch(
-    args: argparse.Namespace,
+    optim: OptimConfig,
+    random_flip: bool,
     cache: LatentCache,
     micro_step: int,
     process: int,
@@ -59,18 +60,18 @@ def draw_micro_batch(
     num_train_timesteps: int,
 ) -> MicroBatch:
     """Everything random about one micro-step, drawn from its own generator (see the module docstring)."""
-    generator = step_generator(args.seed, micro_step, process)
+    generator = step_generator(optim.seed, micro_step, process)
     indices = batch_indices(
-        args.seed, micro_step, process, num_processes, args.batch_size, len(cache.records)
+        optim.seed, micro_step, process, num_processes, optim.batch_size, len(cache.records)
     )
-    if args.random_flip:
+    if random_flip:
         flips = torch.randint(0, 2, (len(indices),), generator=generator)
     else:
         flips = torch.zeros(len(indices), dtype=torch.long)
     latents = cache.sample(indices, flips, generator)
     noise = torch.randn(latents.shape, generator=generator)
-    if args.noise_offset:
-        noise += args.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    if optim.noise_offset:
+        noise += optim.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
     timesteps = torch.randint(0, num_train_timesteps, (len(indices),), generator=generator)
     captions = [cache.records[i].caption for i in indices.tolist()]
     return MicroBatch(latents, noise, timesteps, captions, generator)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from altadapter.adapter_io import SCRIPTS
+from altadapter.adapters import get_kind
 from altadapter.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def check_checkpoint_kind(path: Path, info: dict, kind: str, config: dict | None
     """Refuse a checkpoint of the other adapter kind (or other hyperparameters)."""
     if info["kind"] != kind:
         raise CheckpointError(
-            f"{path} holds a {info['kind']} adapter; resume it with {SCRIPTS[info['kind']][0]}, "
+            f"{path} holds a {info['kind']} adapter; resume it with {get_kind(info['kind']).train_command}, "
             f"or pass another --name / --ckpt_dir for a new {kind} run"
         )
     if config is not None and info["config"] != config:

@@ -1,12 +1,9 @@
 """Keep what the base knew: a penalty that holds general prompts' conditioning near the original's.
 
-The write-up's main weakness was that after tuning, words outside the domain's tags drew poor images.
-With `--preserve_weight W`, every step adds W * mean squared difference between the tuned and the
-original conditioning of a few general prompts (AltDiffusion-m9 reads nine languages, so the default
-list does too). For the prompt adapter the text positions are compared with the original's text, and the
-vectors' own outputs with the original's last positions, the padding the vectors push out (or, where the
-sequence grows, its last position, padding all the same): the UNet attends to every position, so outputs the penalty left
-free would change every picture (in the toy demo they cost 15 points of base-world accuracy).
+With `--preserve_weight W`, every step adds W * the mean squared difference between the tuned and the
+original conditioning of a few general prompts (m9 reads nine languages, so the default list does too).
+Every position the UNet attends to is held, the prompt vectors' own outputs included: those are compared
+with the positions they push out (docs/DESIGN.md tells why).
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 
 Stages, each timed:
 1. data: demo/make_toy_domain.py, meta_file_converter.py (train and held-out), prompts_generator.py;
-2. train: text_encoder_util_mlp_transfer.py and text_encoder_util.py, first plain, then with
-   --preserve_weight on base-world prompts (others than the ones the evaluation renders);
-3. grids: text_encoder_gen_show_mlp.py into IMAGES/mlp, text_encoder_gen_show.py --compare_with into
-   IMAGES/prompt, whose report.md holds the write-up's table (prompt | MLP | Prompt | original);
-4. evaluate, in this process: held-out denoising loss and attribute accuracy of the original model, both
-   adapters and both preserving adapters, on domain prompts (short and long) and base-world prompts.
+2. train: all four adapter kinds, each through its own script (mlp: text_encoder_util_mlp_transfer.py,
+   prompt: text_encoder_util.py, vocab and lora: train_adapter.py --kind), then the MLP, prompt and LoRA
+   again with --preserve_weight on base-world prompts (others than the ones the evaluation renders);
+3. grids: each kind's rendering script (text_encoder_gen_show_mlp.py, text_encoder_gen_show.py,
+   render_adapter.py) into IMAGES/KIND, the second of each pair with --compare_with the first: the
+   write-up's table (prompt | MLP | Prompt | original) in IMAGES/prompt/report.md, Vocab | LoRA in
+   IMAGES/lora/report.md;
+4. evaluate, in this process: held-out denoising loss and attribute accuracy of the original model and
+   every adapter, on domain prompts (short and long) and base-world prompts.
 
 The scripts run as subprocesses of `sys.executable`, with the flags the README shows, so the demo also
 proves that those commands work. Independent commands run `jobs` at a time, one thread each on two cores
@@ -28,15 +31,16 @@ from pathlib import Path
 import torch
 
 from altadapter.adapter_io import AdapterMetadata, read_adapter_file
+from altadapter.adapters import get_kind
 from altadapter.data.prompts import write_prompts
 from altadapter.devices import vae_scale_factor
 from altadapter.fileio import atomic_write
 from altadapter.rendering.sampler import RenderSettings
-from altadapter.toy import captions, evaluation, world
-from altadapter.toy.base_config import REPORT_FILE
-from altadapter.toy.commands import Command, DemoError, run_commands, script
-from altadapter.toy.demo_config import MODELS, PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
-from altadapter.toy.results import format_results
+from toyworld import captions, evaluation, world
+from toyworld.base_config import REPORT_FILE
+from toyworld.commands import Command, DemoError, run_commands, script
+from toyworld.demo_config import MODELS, PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
+from toyworld.results import format_results
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +98,6 @@ def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
     return commands
 
 
-# Each kind's script and its own flags: the write-up's two scripts, and the generic one for the new kinds.
-TRAIN_SCRIPTS = {
-    "mlp": ["text_encoder_util_mlp_transfer.py"],
-    "prompt": ["text_encoder_util.py"],
-    "vocab": ["train_adapter.py", "--kind", "vocab"],
-    "lora": ["train_adapter.py", "--kind", "lora"],
-}
-
-
 def adapter_argv(config: DemoConfig, kind: str) -> list[str]:
     """The flags that size an adapter of `kind`, and its learning rate."""
     sizes = {
@@ -118,7 +113,8 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
     """The training script run of one evaluated model, with the write-up's flag names."""
     kind, preserve = MODELS[model]
     name = paths.adapter(model).stem
-    script_name, *kind_argv = TRAIN_SCRIPTS[kind]
+    # Each kind's own script: the write-up's two for its kinds, train_adapter.py --kind for the others.
+    script_name, *kind_argv = get_kind(kind).train_command.split()
     argv = [
         script(script_name),
         *kind_argv,
@@ -146,15 +142,8 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
 
 
 # Grids in pairs: the second of each renders with --compare_with the first, so its report.md holds the
-# table of both adapters and the original. The write-up's two scripts for its kinds, render_adapter.py
-# (which reads the kind from the adapter file) for the new ones.
+# table of both adapters and the original. Each kind renders through its own script.
 GRID_PAIRS = (("mlp", "prompt"), ("vocab", "lora"))
-RENDER_SCRIPTS = {
-    "mlp": "text_encoder_gen_show_mlp.py",
-    "prompt": "text_encoder_gen_show.py",
-    "vocab": "render_adapter.py",
-    "lora": "render_adapter.py",
-}
 
 
 def grid_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
@@ -164,7 +153,7 @@ def grid_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
     for first, second in GRID_PAIRS:
         for kind in (first, second):
             argv = [
-                script(RENDER_SCRIPTS[kind]),
+                script(get_kind(kind).render_command),
                 *("--model_path", config.model_path),
                 *("--adapter", str(paths.adapter(kind))),
                 *("--prompts", str(paths.prompts)),

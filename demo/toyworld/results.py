@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from altadapter.rendering.report import markdown_row
-from altadapter.toy import captions, world
+from toyworld import captions, world
 
 MODEL_TITLES = {
     "original": "original",

@@ -3,18 +3,18 @@
 What kohya users train with `--network_train_text_encoder_only`: each targeted Linear W of every encoder
 layer computes W x + (alpha / rank) * B A x, with A (rank, H) and B (H, rank); B starts at zero, so an
 untrained adapter is the original encoder. The adapter owns A and B (so the optimizer, accelerate, DDP
-and checkpoints see exactly them) and `attach` injects peft's LoRA layers into the shared, frozen encoder
-with `inject_adapter_in_model`, pointing them at those weights. The injected layers stay inactive: the
-encoder's own forward is the original model's, bit for bit. Only `LoRAAdapter.forward` selects this
-adapter, per call, through peft's `adapter_names` forward argument, which leaves the layers' state (and
-the weights' requires_grad) alone. The weights' names are the keys `get_peft_model_state_dict` gives.
+and checkpoints see exactly them); `attach` injects peft's LoRA layers into the shared, frozen encoder,
+pointing them at those weights, and leaves them inactive, so the encoder's own forward stays the
+original's. Only `LoRAAdapter.forward` selects this adapter, per call, through peft's `adapter_names`.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,6 +22,10 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from altadapter.adapters.kind import AdapterKind, check_positive
+from altadapter.encoding import encoder_mask
+from altadapter.model import AltDiffusionBase, BaseInfo
 
 # User-facing target names -> module names in each layer of diffusers' RobertaSeriesModelWithTransformation.
 TARGETS = {
@@ -52,9 +56,7 @@ class LoRAConfig:
         if not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets must be distinct names from {list(TARGETS)}, got {list(self.targets)}")
         object.__setattr__(self, "targets", tuple(t for t in TARGETS if t in self.targets))
-        for name in ("dim", "num_layers", "rank"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_positive(self, "dim", "num_layers", "rank")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
 
@@ -166,3 +168,86 @@ def _add_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
             root.add_module(part, nn.Module())
         root = root.get_submodule(part)
     root.add_module(name, module)
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """The LoRA adapter's training flags; `lora_alpha` None means the rank (a scale of 1)."""
+
+    rank: int = 4
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = tuple(TARGETS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        check_positive(self, "rank", prefix="--")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ValueError(f"--lora_alpha must be positive, got {self.lora_alpha}")
+        if len(set(self.lora_targets)) != len(self.lora_targets):
+            raise ValueError(f"--lora_targets names a projection twice: {' '.join(self.lora_targets)}")
+
+
+class LoRAKind(AdapterKind):
+    """Inside the encoder: the encoder runs with this LoRA, forward and backward, every training step."""
+
+    name = "lora"
+    title = "LoRA"
+    summary = "low-rank updates of its attention"
+    config_class = LoRAConfig
+    module_class = LoRAAdapter
+    options_class = LoRAOptions
+    train_command = "train_adapter.py --kind lora"
+    render_command = "render_adapter.py"
+    default_run_name = "altm9-lora"
+    default_learning_rate = 1e-4
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("LoRA adapter")
+        group.add_argument(
+            "--rank",
+            type=int,
+            default=LoRAOptions.rank,
+            help="LoRA rank (rank 4 on query, key, value, out: 786,432 parameters on m9)",
+        )
+        group.add_argument(
+            "--lora_alpha",
+            type=float,
+            default=LoRAOptions.lora_alpha,
+            help="LoRA alpha: the update is scaled by alpha / rank; unset (%(default)s): the rank, a scale of 1",
+        )
+        group.add_argument(
+            "--lora_targets",
+            nargs="+",
+            choices=list(TARGETS),
+            default=list(LoRAOptions.lora_targets),
+            help="attention projections of every encoder layer to adapt (out: the attention output dense)",
+        )
+
+    def build(
+        self, options: LoRAOptions, base: AltDiffusionBase, captions: Sequence[str], seed: int
+    ) -> LoRAAdapter:
+        """LoRA on --lora_targets of every encoder layer; B starts at zero, so training starts at the original."""
+        config = LoRAConfig(
+            dim=base.info.hidden_size,
+            num_layers=base.text_encoder.config.num_hidden_layers,
+            rank=options.rank,
+            alpha=options.lora_alpha if options.lora_alpha is not None else float(options.rank),
+            targets=options.lora_targets,
+        )
+        return LoRAAdapter(config)
+
+    def check_base(self, config: dict, base: BaseInfo) -> str | None:
+        if config.get("dim") != base.hidden_size:
+            return f"this lora adapter is {config.get('dim')} wide but the base's hidden_size is {base.hidden_size}"
+        if base.num_layers and config.get("num_layers") != base.num_layers:
+            return (
+                f"this lora adapter has {config.get('num_layers')} layers but the base's text encoder has "
+                f"{base.num_layers}"
+            )
+        return None
+
+    def encode(
+        self, base: AltDiffusionBase, ids: torch.Tensor, mask: torch.Tensor, module: nn.Module
+    ) -> torch.Tensor:
+        encoder = base.text_encoder
+        return module(encoder, ids.to(encoder.device), encoder_mask(base, mask)).to(encoder.dtype)

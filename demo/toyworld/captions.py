@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from altadapter.fileio import atomic_write
-from altadapter.toy.world import (
+from toyworld.world import (
     ATTRIBUTE_NAMES,
     COLOURS,
     SHAPES,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 
 from altadapter.devices import resolve_device
-from altadapter.tiny_models import (
+from altadapter.testing.tiny_models import (
     SCHEDULER_CONFIG,
     build_text_encoder,
     build_tokenizer,
@@ -30,17 +30,17 @@ from altadapter.tiny_models import (
     build_vae,
     save_model_dir,
 )
-from altadapter.toy import captions
-from altadapter.toy.base_config import ToyBaseConfig
-from altadapter.toy.base_data import (
+from altadapter.training.losses import min_snr_weights
+from toyworld import captions
+from toyworld.base_config import ToyBaseConfig
+from toyworld.base_data import (
     ConditioningBank,
     ScenePool,
     build_caption_bank,
 )
-from altadapter.toy.base_eval import evaluate_toy_base, write_report
-from altadapter.toy.clock import Budget, Clock, schedule
-from altadapter.toy.text_pretraining import train_text_encoder
-from altadapter.training.losses import min_snr_weights
+from toyworld.base_eval import evaluate_toy_base, write_report
+from toyworld.clock import Budget, Clock, schedule
+from toyworld.text_pretraining import train_text_encoder
 
 logger = logging.getLogger(__name__)
 

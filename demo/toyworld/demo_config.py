@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from altadapter.toy.base_config import ToyBaseConfig
+from toyworld.base_config import ToyBaseConfig
 
 TOY_BASE = ToyBaseConfig()  # the toy base samples with DDIM at this guidance scale
 # Evaluated models, in table order: name -> (adapter kind, with preservation). "original" has no adapter.

@@ -19,27 +19,29 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from altadapter.adapter_io import load_adapter
-from altadapter.adapters import Adapter
+from altadapter.adapters.conditioning import encode_text
 from altadapter.data.records import scan_dataset
-from altadapter.encoding import encode_text
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase, load_base
 from altadapter.rendering.grids import labelled_rows
 from altadapter.rendering.sampler import RenderSettings, Row, default_size, render_rows
-from altadapter.toy import captions, world
 from altadapter.training.caches import build_latent_cache
 from altadapter.training.losses import validation_loss
+from toyworld import captions, world
 
-Models = Mapping[str, Adapter | None]  # model name -> its adapter; None is the original model
+Models = Mapping[str, nn.Module | None]  # model name -> its adapter; None is the original model
 Pictures = dict[str, list[list[Image.Image]]]  # model name -> pictures [prompt][image]
 CHUNK_PROMPTS = 10  # prompts per rendering task; each chunk's noise is seeded by its start, whatever `jobs`
 
 
-def load_models(base: AltDiffusionBase, adapter_files: Mapping[str, str | Path]) -> dict[str, Adapter | None]:
+def load_models(
+    base: AltDiffusionBase, adapter_files: Mapping[str, str | Path]
+) -> dict[str, nn.Module | None]:
     """The original model (as "original") and each named adapter file, checked against `base`."""
-    models: dict[str, Adapter | None] = {"original": None}
+    models: dict[str, nn.Module | None] = {"original": None}
     for name, path in adapter_files.items():
         adapter, _ = load_adapter(path, base.info)
         models[name] = adapter.to(base.device)

@@ -20,8 +20,8 @@ from altadapter.devices import resolve_device
 from altadapter.fileio import atomic_write
 from altadapter.model import load_base, make_pipeline
 from altadapter.rendering.grids import image_grid
-from altadapter.toy import captions, world
-from altadapter.toy.base_config import REPORT_FILE, SAMPLES_FILE, ToyBaseConfig
+from toyworld import captions, world
+from toyworld.base_config import REPORT_FILE, SAMPLES_FILE, ToyBaseConfig
 
 
 def render_prompts(

@@ -7,15 +7,15 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from altadapter.toy import captions, world
-from altadapter.toy.base_config import ToyBaseConfig
-from altadapter.toy.base_data import (
+from toyworld import captions, world
+from toyworld.base_config import ToyBaseConfig
+from toyworld.base_data import (
     CaptionBank,
     random_word_sequences,
     shifted_positions,
     xlmr_positions,
 )
-from altadapter.toy.clock import Clock, schedule
+from toyworld.clock import Clock, schedule
 
 logger = logging.getLogger(__name__)
 

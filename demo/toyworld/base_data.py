@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from altadapter.encoding import xlmr_position_ids
-from altadapter.toy import captions, world
-from altadapter.toy.base_config import ToyBaseConfig
+from toyworld import captions, world
+from toyworld.base_config import ToyBaseConfig
 
 
 @dataclass

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
-from altadapter.adapters import MLPAdapter, MLPConfig, PromptAdapter, PromptConfig
-from altadapter.encoding import encode_tokens, prompt_attention_mask, text_token_budget, tokenize
+from altadapter.adapters.mlp import MLPAdapter, MLPConfig
+from altadapter.adapters.prompt import PromptAdapter, PromptConfig, prompt_attention_mask
+from altadapter.adapters.registry import kind_of
+from altadapter.encoding import encode_tokens, tokenize
 from altadapter.model import AltDiffusionBase
-from altadapter.toy import captions, world
-from altadapter.toy.text_pretraining import ATTRIBUTE_SIZES, masked_mean, probe_loss
+from toyworld import captions, world
+from toyworld.text_pretraining import ATTRIBUTE_SIZES, masked_mean, probe_loss
 
 # Each combination's index in `world.all_attributes()`, the row `text_pretraining.probe_loss` reads.
 COMBO_INDEX = {attrs: index for index, attrs in enumerate(world.all_attributes())}
@@ -38,13 +40,16 @@ def probe_scores(logits: torch.Tensor, combos: torch.Tensor) -> tuple[torch.Tens
 
 
 def pooled_conditioning(
-    base: AltDiffusionBase, texts: Sequence[str], adapter: MLPAdapter | PromptAdapter | None
+    base: AltDiffusionBase, texts: Sequence[str], adapter: torch.nn.Module | None
 ) -> torch.Tensor:
     """The conditioning averaged over real tokens (prompt vectors included): (N, D)."""
-    if isinstance(adapter, PromptAdapter):
-        ids, mask = tokenize(base, texts, text_token_budget(base, adapter), warn=False)
-        conditioning = encode_tokens(base, ids, mask, adapter).float()  # (N, T + P, D)
-        return masked_mean(conditioning, prompt_attention_mask(mask, adapter.config.num_prompts))
+    kind = kind_of(adapter) if adapter is not None else None
+    if kind is not None and not kind.acts_on_output:
+        ids, mask = kind.tokenize(base, texts, adapter.config, warn=False)
+        conditioning = kind.encode(base, ids, mask, adapter).float()  # (N, T + P, D)
+        return masked_mean(
+            conditioning, prompt_attention_mask(mask, kind.positions_before_text(adapter.config))
+        )
     ids, mask = tokenize(base, texts, base.info.model_max_length, warn=False)
     with torch.no_grad():
         conditioning = encode_tokens(base, ids, mask).float()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from altadapter.tiny_models import ModelSize
+from altadapter.testing.tiny_models import ModelSize
 
 # 32 px pictures, 8x8x4 latents: a size that trains on 2 CPU cores. 64 token positions hold the longest
 # domain caption (46 tokens) beside the demo's 16 prompt vectors.
