@@ -73,9 +73,12 @@ def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_
             assert math.isfinite(model["heldout_loss"][where]) and model["heldout_loss"][where] > 0, name
         assert set(model["accuracy"]) == set(PROMPT_SETS)
         for scores in model["accuracy"].values():
-            assert scores["n"] == SMOKE["eval_prompts"]
+            n = scores["n"]
+            assert n == SMOKE["eval_prompts"]
+            # Each is a count of pictures over n, and all three right is never more than any one right.
             for attribute in ("fg", "bg", "shape", "all"):
-                assert 0.0 <= scores[attribute] <= 1.0
+                assert scores[attribute] * n == pytest.approx(round(scores[attribute] * n)), (name, scores)
+            assert scores["all"] <= min(scores["fg"], scores["bg"], scores["shape"]), (name, scores)
     assert results["chance"]["all"] == pytest.approx(1 / 90)
     assert set(results["timings_s"]) == {"data", "train", "grids", "evaluate", "total"}
     assert all(math.isfinite(seconds) for seconds in results["timings_s"].values())

@@ -6,6 +6,7 @@ that breaks the base, or breaks what the adapters learn on it, fails CI.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from accelerate.state import AcceleratorState
@@ -16,7 +17,7 @@ from altadapter.model import load_base
 from altadapter.training.config import TrainingConfig
 from altadapter.training.loop import train
 from toyworld import captions, world
-from toyworld.base_config import ToyBaseConfig
+from toyworld.base_config import REPORT_FILE, ToyBaseConfig
 from toyworld.base_eval import render_prompts
 
 TOY_BASE = Path(__file__).resolve().parents[1] / "demo" / "toy_base"
@@ -39,6 +40,12 @@ def test_the_committed_base_draws_its_own_world():
     # Chance is 17% per colour, 33% for the shape, 1.1% for all three; the committed base scores 90%+.
     assert min(accuracy[name] for name in ("fg", "bg", "shape")) >= 0.75, accuracy
     assert accuracy["all"] >= 0.6, accuracy
+
+
+def test_the_committed_base_listens_to_its_captions():
+    report = json.loads((TOY_BASE / REPORT_FILE).read_text(encoding="utf-8"))
+    # |eps(caption) - eps(empty)| / |eps(empty)| at t = 500; the committed base measured 0.09 when trained.
+    assert report["unet"]["final_guidance_gap"] > 0.05, report["unet"]["final_guidance_gap"]
 
 
 def test_a_few_adapter_steps_lower_the_held_out_domain_loss(tmp_path):

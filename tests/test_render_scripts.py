@@ -110,7 +110,7 @@ def prompt_run(tiny_model_dir, files, tmp_path_factory) -> tuple[Path, subproces
     return output_dir, done
 
 
-def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(prompt_run, tiny_base):
+def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(prompt_run, tiny_base, files):
     output_dir, done = prompt_run
     side = tiny_base.unet.config.sample_size * tiny_base.vae_scale_factor  # the model's own picture size
     assert done.returncode == 0, done.stderr
@@ -125,7 +125,13 @@ def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(
     assert "## Nearest vocabulary tokens of each prompt vector" in report and "| 2 | `" in report
     record = json.loads((output_dir / "render.json").read_text(encoding="utf-8"))
     assert record["kind"] == "prompt" and record["settings"]["scheduler"] == "ddim"
-    assert all(-100 <= entry["original"]["clip"] <= 100 for entry in record["prompts"])
+    # The recorded score is the scorer's on the pictures written: each original grid cut back into its images.
+    scorer = ClipScorer(files["clip"])
+    for entry in record["prompts"]:
+        with Image.open(output_dir / entry["original"]["file"]) as grid:
+            images = [grid.crop((j * side, 0, (j + 1) * side, side)).convert("RGB") for j in range(2)]
+        expected = sum(scorer.scores(images, entry["prompt"])) / len(images)
+        assert entry["original"]["clip"] == pytest.approx(expected, abs=1e-3)
     # The core's truncation warning reaches the console and names the prompt.
     assert re.search(r"WARNING prompt truncated to \d+ of its \d+ tokens: 'red hair, red hair", done.stderr)
 

@@ -131,7 +131,9 @@ def test_trainer_saves_a_folder_load_base_reads(trained_tiny_base):
         1 / 90
     )
     assert [entry["step"] for entry in saved["unet"]["loss_curve"]] == [1, 2, 3]
-    assert all(entry["guidance_gap"] >= 0 for entry in saved["unet"]["loss_curve"])
+    # Even barely trained, the prediction moves with the caption (~1e-3 here); 0 means the caption never
+    # reaches the UNet. The committed base's gap is checked in test_evidence.py.
+    assert all(entry["guidance_gap"] > 1e-5 for entry in saved["unet"]["loss_curve"]), saved["unet"]
     assert (folder / "samples.png").is_file()
 
 

@@ -1,0 +1,188 @@
+"""The one training loop every adapter kind shares; the adapter is the only thing that differs.
+
+`train` reads top to bottom: `setup_run` (training.setup), then `training_step` per micro-step under
+accelerate's `accumulate` and `after_sync_step` per optimizer step (log, validate, checkpoint only when
+gradients sync), then `save_final_adapter`. Why a resumed run is exact: see `training.batches`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from altadapter.adapter_io import save_adapter
+from altadapter.errors import UserError
+from altadapter.model import AltDiffusionBase
+from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
+from altadapter.training.batches import draw_micro_batch
+from altadapter.training.checkpoints import (
+    save_checkpoint,
+)
+from altadapter.training.config import TrainingConfig
+from altadapter.training.losses import diffusion_loss
+from altadapter.training.setup import Run, setup_run
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    """A run that cannot go on (a non-finite loss)."""
+
+
+def train(config: TrainingConfig) -> Path:
+    """Train one adapter on a frozen base as `config` says; returns the final adapter file."""
+    run = setup_run(config)
+    accelerator = run.accelerator
+    if run.val_cache is not None:
+        run.scores["val_loss_original"] = run.held_out_loss(tuned=False)
+    bar = tqdm(
+        total=config.optim.max_train_steps,
+        initial=run.step,
+        desc=f"training {config.kind} adapter",
+        disable=not accelerator.is_local_main_process,
+    )
+    micro_step = run.step * config.optim.gradient_accumulation_steps
+    started = time.perf_counter()
+    while run.step < config.optim.max_train_steps:
+        with accelerator.accumulate(run.adapter):
+            loss = training_step(run, micro_step)
+        micro_step += 1
+        if accelerator.sync_gradients:
+            run.step += 1
+            logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
+            run.step_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+    bar.close()
+    return save_final_adapter(run)
+
+
+def training_step(run: Run, micro_step: int) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer steps when accelerate says gradients sync."""
+    optim, accelerator = run.config.optim, run.accelerator
+    batch = draw_micro_batch(
+        optim,
+        run.config.data.random_flip,
+        run.cache,
+        micro_step,
+        accelerator.process_index,
+        accelerator.num_processes,
+        run.noise_scheduler.config.num_train_timesteps,
+    )
+    conditioning, penalty = run.conditioner.tuned_with_penalty(run.adapter, batch.captions, batch.generator)
+    loss = diffusion_loss(
+        run.base,
+        run.noise_scheduler,
+        conditioning,
+        batch.latents.to(accelerator.device, run.base.dtype),
+        batch.noise.to(accelerator.device, run.base.dtype),
+        batch.timesteps.to(accelerator.device),
+        optim.snr_gamma,
+    )
+    if penalty is not None:
+        loss = loss + run.config.preserve.preserve_weight * penalty
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and optim.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(run.adapter.parameters(), optim.max_grad_norm)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def after_sync_step(run: Run, loss: torch.Tensor) -> dict[str, float]:
+    """Once per optimizer step: check and log the loss; validate, sample and checkpoint when due."""
+    config, accelerator, step = run.config, run.accelerator, run.step
+    mean_loss = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
+    if not math.isfinite(mean_loss):
+        raise TrainingError(
+            f"loss became {mean_loss} at step {step}; last good checkpoint: {run.last_checkpoint or 'none'}. "
+            "Lower --learning_rate, or use --mixed_precision bf16 instead of fp16"
+        )
+    logs = {"loss": mean_loss, "lr": run.lr_scheduler.get_last_lr()[0]}
+    last = step == config.optim.max_train_steps
+    if step % config.validation.validation_steps == 0 or last:
+        if run.val_cache is not None:
+            run.scores["val_loss_adapter"] = run.held_out_loss(tuned=True)
+            logs.update(run.scores)
+            logger.info(
+                "step %d: held-out loss original %.5f, adapter %.5f",
+                step,
+                run.scores["val_loss_original"],
+                run.scores["val_loss_adapter"],
+            )
+        if run.sample_prompts and accelerator.is_main_process:
+            folder = run.run_dir / "samples" / f"step-{step}"
+            save_validation_samples(run.base, run.unwrapped_adapter, run.sample_prompts, config, folder)
+    accelerator.log(logs, step=step)
+    if step % config.output.checkpointing_steps == 0 or last:
+        run.last_checkpoint = save_checkpoint(
+            accelerator,
+            run.run_dir,
+            step,
+            run.checkpoint_info,
+            total_limit=config.output.checkpoints_total_limit,
+        )
+    return logs
+
+
+def save_final_adapter(run: Run) -> Path:
+    """Write the adapter file (main process) with its scores and flags as metadata; end the run."""
+    config, accelerator = run.config, run.accelerator
+    trained = run.unwrapped_adapter
+    logger.info("adapter %s on process %d", adapter_digest(trained), accelerator.process_index)
+    final = run.run_dir / f"{config.output.name}.safetensors"
+    if accelerator.is_main_process:
+        extra = {
+            **run.scores,
+            # What one step costs, to compare kinds; the median leaves out validation and checkpoint steps.
+            "seconds_per_step": statistics.median(run.step_seconds) if run.step_seconds else None,
+            "training": json.dumps({k: v for k, v in config.flags().items() if v is not None}, default=str),
+        }
+        save_adapter(
+            final, trained, run.base.info, step=run.step, save_dtype=config.output.save_dtype, extra=extra
+        )
+        logger.info("saved %s (step %d)", final, run.step)
+    accelerator.wait_for_everyone()
+    # DDP's reducer holds the process group: freed after end_training destroyed the group and a peer
+    # exited, gloo's teardown can hang (docs/DESIGN.md); free it while every process is still here.
+    run.adapter = run.unwrapped_adapter
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+    return final
+
+
+def save_validation_samples(
+    base: AltDiffusionBase, adapter: nn.Module, prompts: list[str], config: TrainingConfig, folder: Path
+) -> None:
+    """Tuned-vs-original grids of the validation prompts, rendered from fixed noise with the render code."""
+    settings = RenderSettings(
+        num_images=config.validation.num_validation_images,
+        num_inference_steps=config.validation.validation_inference_steps,
+        scheduler="dpm++2m",
+        seed=config.optim.seed,
+    )
+    save_comparison(
+        render_comparison(base, adapter, prompts, settings=settings, progress=False), folder, settings
+    )
+
+
+def adapter_digest(adapter: nn.Module) -> str:
+    """A short hash of the adapter's weights, to show every process ends with the same adapter."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,206 @@
+"""Everything a training run holds between steps, and how it is set up from its config.
+
+Skeleton after diffusers' textual-inversion example: Accelerator -> frozen base in the mixed-precision
+dtype -> the adapter from its kind's options -> caches -> prepare only the adapter, optimizer and schedule
+-> restore a checkpoint's state when resuming.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from altadapter.adapters.kind import config_dict
+from altadapter.data.prompts import read_prompts
+from altadapter.data.records import Record, scan_dataset
+from altadapter.model import AltDiffusionBase, load_base
+from altadapter.training.batches import split_records
+from altadapter.training.caches import LatentCache, build_latent_cache
+from altadapter.training.checkpoints import (
+    check_checkpoint_base,
+    check_checkpoint_kind,
+    find_resume_checkpoint,
+    read_checkpoint_info,
+)
+from altadapter.training.conditioning import Conditioner
+from altadapter.training.config import OptimConfig, TrainingConfig
+from altadapter.training.losses import validation_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps. `adapter` is the accelerate-prepared module."""
+
+    config: TrainingConfig
+    accelerator: Accelerator
+    base: AltDiffusionBase
+    adapter: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    noise_scheduler: object
+    cache: LatentCache
+    val_cache: LatentCache | None
+    conditioner: Conditioner
+    run_dir: Path
+    sample_prompts: list[str]
+    checkpoint_info: dict
+    step: int = 0
+    last_checkpoint: Path | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step run here
+
+    @property
+    def unwrapped_adapter(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.adapter)
+
+    def held_out_loss(self, tuned: bool) -> float:
+        """The validation loss of the original model or of the adapter as it is now."""
+
+        def through_adapter(captions: list[str]) -> torch.Tensor:
+            return self.conditioner.tuned_with_penalty(self.adapter, captions)[0]
+
+        return validation_loss(
+            self.base,
+            self.noise_scheduler,
+            self.val_cache,
+            through_adapter if tuned else self.conditioner.original,
+            seed=self.config.optim.seed,
+            batch_size=self.config.optim.batch_size,
+        )
+
+
+def setup_run(config: TrainingConfig) -> Run:
+    """Find a checkpoint to resume, load the base, build adapter and caches, prepare; resume if asked."""
+    kind, run_dir = config.adapter_kind, config.output.run_dir
+    resume = find_resume_checkpoint(run_dir, config.output.resume_from_checkpoint)
+    resume_info = read_checkpoint_info(resume) if resume else None
+    if resume:
+        check_checkpoint_kind(resume, resume_info, kind.name)
+    accelerator = make_accelerator(config)
+    sample_prompts = (
+        read_prompts(config.validation.validation_prompts, flag="--validation_prompts")
+        if (config.validation.validation_prompts)
+        else []
+    )
+    records = scan_dataset(config.data.data_dir)
+    train_records, val_records = split_records(records, config.data.validation_split, config.optim.seed)
+    if config.data.validation_dir:
+        val_records = scan_dataset(config.data.validation_dir)
+
+    # The base runs in whatever accelerate actually runs with, e.g. `accelerate launch --mixed_precision fp16`.
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    base = load_base(config.model_path, device=accelerator.device, dtype=weight_dtype)
+    torch.manual_seed(config.optim.seed)
+    adapter = kind.build(config.adapter, base, [r.caption for r in train_records], config.optim.seed)
+    if resume:
+        check_checkpoint_kind(resume, resume_info, kind.name, config_dict(adapter))
+        check_checkpoint_base(
+            resume, resume_info, base.info.fingerprint, allow_other_base=config.allow_other_base
+        )
+    if config.precision.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+
+    cache, val_cache = build_caches(config, accelerator, base, train_records, val_records)
+    all_captions = [r.caption for r in cache.records + (val_cache.records if val_cache else [])]
+    conditioner = Conditioner(
+        kind, base, adapter, all_captions, config.preserve, progress=accelerator.is_local_main_process
+    )
+    prepared, optimizer, lr_scheduler = prepare_optimization(config.optim, accelerator, adapter)
+    noise_scheduler = base.noise_scheduler()
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(accelerator.device)
+    run = Run(
+        config=config,
+        accelerator=accelerator,
+        base=base,
+        adapter=prepared,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        noise_scheduler=noise_scheduler,
+        cache=cache,
+        val_cache=val_cache,
+        conditioner=conditioner,
+        run_dir=run_dir,
+        sample_prompts=sample_prompts,
+        checkpoint_info={
+            "kind": kind.name,
+            "config": config_dict(adapter),
+            "base_fingerprint": base.info.fingerprint,
+            "model_path": config.model_path,
+        },
+    )
+    if resume:
+        accelerator.load_state(str(resume))
+        run.step, run.last_checkpoint = resume_info["step"], resume
+        logger.info("resumed from %s at step %d", resume, run.step)
+    return run
+
+
+def make_accelerator(config: TrainingConfig) -> Accelerator:
+    """The run's Accelerator, its trackers started on the main process."""
+    report_to = config.output.report_to
+    accelerator = Accelerator(
+        mixed_precision=config.precision.mixed_precision,
+        gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+        log_with=None if report_to == "none" else report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(config.output.run_dir), logging_dir=str(config.output.run_dir / "logs")
+        ),
+    )
+    if config.precision.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        tracked = {k: v for k, v in config.flags().items() if isinstance(v, int | float | str | bool)}
+        accelerator.init_trackers(config.output.name.replace("/", "_"), config=tracked)
+    return accelerator
+
+
+def build_caches(
+    config: TrainingConfig,
+    accelerator: Accelerator,
+    base: AltDiffusionBase,
+    train_records: list[Record],
+    val_records: list[Record],
+) -> tuple[LatentCache, LatentCache | None]:
+    """VAE latents of the training and held-out images; the main process fills a --cache_dir first."""
+    build = functools.partial(
+        build_latent_cache,
+        base,
+        resolution=config.data.resolution,
+        cache_dir=config.data.cache_dir,
+        write=accelerator.is_main_process,
+        progress=accelerator.is_local_main_process,
+    )
+    with accelerator.main_process_first():  # the others then read the main process's entries
+        cache = build(train_records, random_flip=config.data.random_flip)
+        val_cache = build(val_records, random_flip=False) if val_records else None
+    return cache, val_cache
+
+
+def prepare_optimization(
+    optim: OptimConfig, accelerator: Accelerator, adapter: nn.Module
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and the lr schedule over the adapter's parameters, all three prepared by accelerate."""
+    optimizer = torch.optim.AdamW(
+        adapter.parameters(), lr=optim.learning_rate, weight_decay=optim.adam_weight_decay
+    )
+    # accelerate steps a prepared scheduler once per process each step, hence the multiplication.
+    lr_scheduler = get_scheduler(
+        optim.lr_scheduler,
+        optimizer,
+        num_warmup_steps=optim.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=optim.max_train_steps * accelerator.num_processes,
+    )
+    return accelerator.prepare(adapter, optimizer, lr_scheduler)
