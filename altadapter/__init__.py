@@ -2,7 +2,7 @@
 
 The public API, for use in your own diffusers code::
 
-    from altadapter import encode_prompt_pair, load_adapter, load_base, make_pipeline
+    from altadapter import attach_adapter, detach_adapter, encode_prompt_pair, load_adapter, load_base, make_pipeline
 
 Names are imported on first use, so the data scripts start without loading torch and diffusers.
 """
@@ -25,6 +25,9 @@ _PUBLIC = {
     "save_adapter": "altadapter.adapter_io",
     "encode_text": "altadapter.adapters.conditioning",
     "encode_prompt_pair": "altadapter.adapters.conditioning",
+    "attach_adapter": "altadapter.attach",
+    "detach_adapter": "altadapter.attach",
+    "export_adapter": "altadapter.export",
 }
 __all__ = ["__version__", *_PUBLIC]
 

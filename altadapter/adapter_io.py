@@ -15,14 +15,14 @@ import diffusers
 import safetensors
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import altadapter
 from altadapter.adapters import get_kind, kind_names
 from altadapter.adapters.kind import config_dict
 from altadapter.devices import DTYPES
-from altadapter.fileio import atomic_replace_from, temp_path_beside
+from altadapter.fileio import write_safetensors
 from altadapter.model import BaseInfo
 
 FORMAT = "altadapter/1"
@@ -116,13 +116,7 @@ def save_adapter(
         versions=library_versions(),
         extra=dict(extra or {}),
     )
-    # safetensors writes by file name, so write a temporary name beside the target and rename it.
-    tmp = temp_path_beside(path)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata.to_strings())
-        atomic_replace_from(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, tensors, metadata.to_strings())
     return path
 
 
@@ -206,6 +200,11 @@ def load_adapter(
     tensors, metadata = read_adapter_file(path)
     check_kind(path, metadata, expected_kind)
     check_against_base(path, metadata, base, allow_other_base=allow_other_base)
+    return build_adapter(path, tensors, metadata), metadata
+
+
+def build_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: AdapterMetadata) -> nn.Module:
+    """The fp32 adapter, frozen, that a file's tensors and metadata describe."""
     try:
         adapter = get_kind(metadata.kind).from_config(metadata.config)
         adapter.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
@@ -213,4 +212,4 @@ def load_adapter(
         raise AdapterFileError(
             f"{path}: tensors do not match the metadata ({' '.join(str(error).split())}); the file is damaged"
         ) from error
-    return adapter.requires_grad_(False).eval(), metadata
+    return adapter.requires_grad_(False).eval()

@@ -56,3 +56,16 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
     fd, tmp_name = _make_temp_beside(Path(path))
     os.close(fd)
     return Path(tmp_name)
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a `.safetensors` file atomically: safetensors writes by name, so a temporary name is renamed."""
+    # Imported here: the data scripts use this module and start without loading torch.
+    from safetensors.torch import save_file
+
+    tmp = temp_path_beside(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        atomic_replace_from(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -62,7 +62,7 @@ class AltDiffusionBase:
     vae: AutoencoderKL
     scheduler_config: dict
     info: BaseInfo
-    path: Path
+    path: Path | None  # the model folder; None for components taken from a pipeline
 
     @property
     def device(self) -> torch.device:
@@ -81,8 +81,8 @@ class AltDiffusionBase:
         return DDPMScheduler.from_config(self.scheduler_config)
 
 
-def resolve_model_path(model_path: str | Path) -> Path:
-    """A local folder as is; anything else is a hub id, downloaded (or taken from the hub cache)."""
+def resolve_model_path(model_path: str | Path, files: list[str] = MODEL_FILES) -> Path:
+    """A local folder as is; anything else is a hub id whose `files` are downloaded (or taken from the cache)."""
     path = Path(model_path).expanduser()
     if path.is_dir():
         return path
@@ -94,7 +94,7 @@ def resolve_model_path(model_path: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(model_path), allow_patterns=MODEL_FILES))
+        return Path(snapshot_download(str(model_path), allow_patterns=files))
     except Exception as error:  # offline, unknown repo, gated, network down: one answer for all
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BaseModelError(
@@ -157,9 +157,29 @@ def load_base(
     unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32)
     scheduler_config = DDPMScheduler.load_config(path / "scheduler")
+    info = base_info(str(model_path), tokenizer, text_encoder, unet, vae)
+    if unet.config.cross_attention_dim != info.project_dim:
+        raise BaseModelError(
+            f"{path}: UNet cross_attention_dim {unet.config.cross_attention_dim} != text encoder "
+            f"project_dim {info.project_dim}; the folder mixes components of different models"
+        )
+    for module in (text_encoder, unet, vae):
+        # torch's own `to`: diffusers' override warns about fp32-only modules even when there are none.
+        torch.nn.Module.to(module.requires_grad_(False).eval(), device=device, dtype=dtype)
+    return AltDiffusionBase(tokenizer, text_encoder, unet, vae, dict(scheduler_config), info, path)
+
+
+def base_info(
+    name: str,
+    tokenizer: XLMRobertaTokenizer,
+    text_encoder: RobertaSeriesModelWithTransformation,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+) -> BaseInfo:
+    """What adapters must agree with, read off the components."""
     config = text_encoder.config
-    info = BaseInfo(
-        name=str(model_path),
+    return BaseInfo(
+        name=name,
         hidden_size=config.hidden_size,
         project_dim=config.project_dim,
         model_max_length=tokenizer.model_max_length,
@@ -168,20 +188,28 @@ def load_base(
         fingerprint=fingerprint(text_encoder, unet, vae),
         num_layers=config.num_hidden_layers,
     )
-    if unet.config.cross_attention_dim != config.project_dim:
-        raise BaseModelError(
-            f"{path}: UNet cross_attention_dim {unet.config.cross_attention_dim} != text encoder "
-            f"project_dim {config.project_dim}; the folder mixes components of different models"
-        )
-    for module in (text_encoder, unet, vae):
-        # torch's own `to`: diffusers' override warns about fp32-only modules even when there are none.
-        torch.nn.Module.to(module.requires_grad_(False).eval(), device=device, dtype=dtype)
-    return AltDiffusionBase(tokenizer, text_encoder, unet, vae, dict(scheduler_config), info, path)
+
+
+def base_of_pipeline(pipe, name: str = "a stock pipeline") -> AltDiffusionBase:
+    """The components of a stock `AltDiffusionPipeline` as an `AltDiffusionBase`, shared, not copied."""
+    parts = (pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae)
+    info = base_info(name, *parts)
+    return AltDiffusionBase(*parts, dict(pipe.scheduler.config), info, path=None)
+
+
+def load_tokenizer(model_path: str | Path) -> XLMRobertaTokenizer:
+    """Only the tokenizer of a base (a hub id fetches just its tokenizer files)."""
+    path = resolve_model_path(model_path, ["tokenizer/*"])
+    if not (path / "tokenizer").is_dir():
+        raise BaseModelError(f"{path} has no tokenizer/ folder; pass an AltDiffusion diffusers folder")
+    return XLMRobertaTokenizer.from_pretrained(path / "tokenizer")
 
 
 def default_scheduler(base: AltDiffusionBase) -> SchedulerMixin:
     """The sampling scheduler `model_index.json` names (PNDM for m9), built from the scheduler config."""
-    model_index = json.loads((base.path / "model_index.json").read_text(encoding="utf-8"))
+    model_index = (
+        json.loads((base.path / "model_index.json").read_text(encoding="utf-8")) if base.path else {}
+    )
     scheduler_class = getattr(diffusers, model_index.get("scheduler", [None, "PNDMScheduler"])[1])
     return scheduler_class.from_config(base.scheduler_config)
 

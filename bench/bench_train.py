@@ -110,8 +110,11 @@ def make_adapter(kind: str, base: AltDiffusionBase, num_prompts: int) -> torch.n
     return get_kind(kind).build(options, base, [CAPTION], seed=0).to(base.device)
 
 
-def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dict[str, Callable[[], None]]:
-    """The three steps for one adapter kind on one loaded base (in the base's dtype)."""
+def variants(
+    kind: str, base: AltDiffusionBase, args: argparse.Namespace
+) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
+    """The three steps for one adapter kind on one loaded base (in the base's dtype), and what takes the
+    adapter back out of the base afterwards (a LoRA's layers), so the next kind is timed on the original."""
     device, batch = base.device, args.batch_size
     adapter = make_adapter(kind, base, args.num_prompts).requires_grad_(True)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-4)
@@ -176,7 +179,9 @@ def variants(kind: str, base: AltDiffusionBase, args: argparse.Namespace) -> dic
             noisy, fixed_t, encoder_hidden_states=conditioning
         ).sample.float().square().mean().backward()
 
-    return {"naive": naive, "optimised": optimised, "floor": floor}
+    return {"naive": naive, "optimised": optimised, "floor": floor}, lambda: adapter_kind.detach(
+        adapter, base
+    )
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -196,15 +201,13 @@ def main(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "adapters": {},
     }
-    # LoRA last: its first use wraps the shared encoder's attention Linears in peft layers for good, which
-    # would add their overhead to every kind timed after it on the same base.
-    rows: dict[str, dict] = {kind: {} for kind in sorted(args.kinds, key=lambda kind: kind == "lora")}
+    rows: dict[str, dict] = {kind: {} for kind in args.kinds}
     # One base in memory at a time, so peak memory is that of one configuration. The naive step runs the
     # write-up's way, in fp32; the optimised step and the floor in --dtype.
     for dtype, names in ((args.dtype, ("optimised", "floor")), ("fp32", ("naive",))):
         base = load_base(model_path, device=device, dtype=dtype)
         for kind, row in rows.items():
-            steps = variants(kind, base, args)
+            steps, release = variants(kind, base, args)
             for name in names:
                 ms, memory = time_step(steps[name], device, args.steps, args.warmup)
                 row[name] = {"ms_per_step": round(ms, 2), "peak_memory_mb": round(memory, 1)}
@@ -216,6 +219,7 @@ def main(args: argparse.Namespace) -> dict:
                     "ms_per_step": round(ms, 2),
                     "peak_memory_mb": round(memory, 1),
                 }
+            release()
         del base, steps
         gc.collect()
         if device.type == "cuda":

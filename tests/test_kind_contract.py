@@ -37,9 +37,12 @@ from training_helpers import (
 )
 
 from altadapter.adapter_io import AdapterFileError, load_adapter, read_adapter_file, save_adapter
-from altadapter.adapters import get_kind, kind_names
+from altadapter.adapters import get_kind, kind_names, kind_of
 from altadapter.adapters.conditioning import encode_text
-from altadapter.model import AltDiffusionBase
+from altadapter.attach import attach_adapter, detach_adapter
+from altadapter.model import AltDiffusionBase, load_base, make_pipeline
+from altadapter.rendering.sampler import RenderSettings, image_seed, render_comparison
+from altadapter.rendering.schedulers import make_scheduler
 from altadapter.training import setup as train_module
 from altadapter.training.args import own_flags, parse_kind_args
 
@@ -157,6 +160,49 @@ def test_its_render_script_draws_it_beside_the_original(
     stem = out / "grid_0_with_samples_1_with_steps_2"
     with Image.open(f"{stem}.png") as tuned, Image.open(f"{stem}_original.png") as original:
         assert np.abs(np.asarray(tuned, dtype=np.int16) - np.asarray(original)).max() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attached_to_a_stock_pipeline_it_renders_as_the_renderer_and_detaches_to_the_original(
+    kind, roomy_model_dir, colour_dataset, tmp_path
+):
+    base = load_base(roomy_model_dir)  # its own: the pipeline's text encoder must start as loaded
+    keys = set(base.text_encoder.state_dict())
+    adapter = default_adapter(kind, base, colour_dataset)
+    path = save_adapter(tmp_path / "a.safetensors", adapter, base.info)
+    settings = RenderSettings(
+        num_images=2, num_inference_steps=3, scheduler="ddim", seed=0, negative_prompt="bad"
+    )
+    ours = render_comparison(base, adapter, PROMPTS[:1], settings=settings, progress=False)[0]
+    pipe = make_pipeline(base, make_scheduler(base, "ddim"))
+    pipe.set_progress_bar_config(disable=True)
+
+    def stock_call() -> list:
+        generators = [torch.Generator().manual_seed(image_seed(0, 0, j)) for j in range(2)]
+        return pipe(
+            PROMPTS[0],
+            negative_prompt="bad",
+            num_inference_steps=3,
+            num_images_per_prompt=2,
+            generator=generators,
+        ).images
+
+    assert attach_adapter(pipe, path).kind == kind
+    assert max_difference(stock_call(), ours.tuned[1.0]) <= 1
+    detach_adapter(pipe)
+    assert max_difference(stock_call(), ours.original) == 0
+    kind_of(adapter).detach(adapter, base)  # the renderer's use of the same adapter, taken back too
+    assert set(base.text_encoder.state_dict()) == keys  # nothing of the adapter left in the encoder
+
+
+def max_difference(first: list, second: list) -> int:
+    """The largest difference of two lists of pictures, in levels of 255."""
+    return int(
+        np.abs(
+            np.stack([np.asarray(i, dtype=np.int16) for i in first])
+            - np.stack([np.asarray(i) for i in second])
+        ).max()
+    )
 
 
 def encoder_calls(kind: str, steps: str, argv: list[str], monkeypatch) -> int:

@@ -13,9 +13,9 @@ from altadapter.adapters.vocab import (
     VocabConfig,
     VocabKind,
     VocabOptions,
-    tokenize_with_tags,
     vocab_init_from_pieces,
 )
+from altadapter.adapters.vocab_tokens import tokenize_with_tags
 from altadapter.encoding import tokenize
 
 TAGS = ("lappland", "安洁莉娜", "long hair", "^_^")
@@ -49,24 +49,26 @@ def tokens_of(base, prompt: str, config: VocabConfig) -> list[str]:
     return out
 
 
+# As diffusers' textual inversion tokenizes a tag's added token: the space before it goes, and the piece
+# after it starts a new word ("▁,").
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        ("lappland, 1girl", ["<s>", "lappland", ",", "▁1girl", "</s>"]),
-        ("1girl, lappland, solo", ["<s>", "▁1girl", ",", "lappland", ",", "▁solo", "</s>"]),
+        ("lappland, 1girl", ["<s>", "lappland", "▁,", "▁1girl", "</s>"]),
+        ("1girl, lappland, solo", ["<s>", "▁1girl", ",", "lappland", "▁,", "▁solo", "</s>"]),
         ("1girl, solo,lappland", ["<s>", "▁1girl", ",", "▁solo", ",", "lappland", "</s>"]),
         # Full-width commas (unknown to the tiny tokenizer, hence <unk>) separate tags too.
         (
             "1girl，lappland，solo",
-            ["<s>", "▁1girl", "<unk>", "lappland", "<unk>", "s", "o", "l", "o", "</s>"],
+            ["<s>", "▁1girl", "<unk>", "lappland", "▁", "<unk>", "s", "o", "l", "o", "</s>"],
         ),
         # CJK: one <unk> (and a "▁") in the tiny tokenizer, several pieces in XLM-R's; one token either way.
-        ("安洁莉娜, 1girl", ["<s>", "安洁莉娜", ",", "▁1girl", "</s>"]),
+        ("安洁莉娜, 1girl", ["<s>", "安洁莉娜", "▁,", "▁1girl", "</s>"]),
         # Underscores, whitespace runs and padding are normalised as the dataset's captions are.
         ("1girl, long_hair", ["<s>", "▁1girl", ",", "long hair", "</s>"]),
         ("1girl,   long    hair  ", ["<s>", "▁1girl", ",", "long hair", "</s>"]),
-        ("^_^, solo", ["<s>", "^_^", ",", "▁solo", "</s>"]),
-        ("lappland, solo, lappland", ["<s>", "lappland", ",", "▁solo", ",", "lappland", "</s>"]),
+        ("^_^, solo", ["<s>", "^_^", "▁,", "▁solo", "</s>"]),
+        ("lappland, solo, lappland", ["<s>", "lappland", "▁,", "▁solo", ",", "lappland", "</s>"]),
     ],
 )
 def test_whole_tags_become_their_token_wherever_they_stand(tiny_base, prompt, expected):

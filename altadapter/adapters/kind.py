@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,7 @@ class AdapterKind:
     # True when the adapter only transforms the encoder's output, which training can then cache per caption.
     acts_on_output: ClassVar[bool] = False
     vector_noun: ClassVar[str | None] = None  # what reports call its learned input vectors; None: it has none
+    export_format: ClassVar[str | None] = None  # the format other tools load it from (export_adapter.py)
 
     # --- flags -------------------------------------------------------------------------------------------
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
@@ -91,6 +93,13 @@ class AdapterKind:
     def positions_before_text(self, config: Any) -> int:
         """Learned positions between `<s>` and the text in the tuned conditioning (the prompt vectors)."""
         return 0
+
+    def detach(self, module: nn.Module, base: AltDiffusionBase) -> None:
+        """Take back whatever using the adapter left in the shared base (most kinds leave nothing)."""
+
+    def export(self, module: nn.Module, output_dir: Path, *, model_path: str) -> list[Path]:
+        """Write the adapter in `export_format` into `output_dir`; returns the files written."""
+        raise NotImplementedError(f"a {self.name} adapter has no export format")
 
     # --- reports ---------------------------------------------------------------------------------------
     def learned_vectors(self, module: nn.Module) -> torch.Tensor | None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -25,6 +27,7 @@ from torch import nn
 
 from altadapter.adapters.kind import AdapterKind, check_positive
 from altadapter.encoding import encoder_mask
+from altadapter.fileio import atomic_write, write_safetensors
 from altadapter.model import AltDiffusionBase, BaseInfo
 
 # User-facing target names -> module names in each layer of diffusers' RobertaSeriesModelWithTransformation.
@@ -154,6 +157,24 @@ class LoRAAdapter(nn.Module):
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
 
+    def release(self, encoder: nn.Module) -> None:
+        """Take this adapter's layers out of `encoder`; a layer left with no adapter is the plain Linear again."""
+        for path in self.config.module_paths():
+            layer = encoder.get_submodule(path)
+            if not isinstance(layer, BaseTunerLayer) or self.adapter_name not in layer.lora_A:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # peft warns that no adapter stays active: none ever was
+                layer.delete_adapter(self.adapter_name)
+            if not layer.lora_A:
+                parent, _, name = path.rpartition(".")
+                setattr(encoder.get_submodule(parent), name, layer.get_base_layer())
+        configs = getattr(encoder, "peft_config", None)
+        if isinstance(configs, dict):
+            configs.pop(self.adapter_name, None)
+            if not configs:
+                del encoder.peft_config
+
 
 def _select(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]) -> tuple[tuple, dict]:
     """Forward pre-hook: apply the named adapter to every row of this call, as peft's mixed batches do."""
@@ -200,6 +221,7 @@ class LoRAKind(AdapterKind):
     render_command = "render_adapter.py"
     default_run_name = "altm9-lora"
     default_learning_rate = 1e-4
+    export_format = "peft"
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("LoRA adapter")
@@ -251,3 +273,22 @@ class LoRAKind(AdapterKind):
     ) -> torch.Tensor:
         encoder = base.text_encoder
         return module(encoder, ids.to(encoder.device), encoder_mask(base, mask)).to(encoder.dtype)
+
+    def detach(self, module: nn.Module, base: AltDiffusionBase) -> None:
+        module.release(base.text_encoder)
+
+    def export(self, module: nn.Module, output_dir: Path, *, model_path: str) -> list[Path]:
+        """A PEFT adapter folder: `PeftModel.from_pretrained(pipe.text_encoder, DIR)` loads it."""
+        peft_config = module.config.peft_config()
+        peft_config.base_model_name_or_path = model_path
+        settings = peft_config.to_dict()
+        settings["target_modules"] = sorted(settings["target_modules"])  # a set in peft's own dict
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(output_dir / "adapter_config.json") as handle:
+            json.dump(settings, handle, indent=2, default=str)
+        # PEFT's own key names: the encoder sits at base_model.model in a PeftModel.
+        tensors = {
+            f"base_model.model.{name}": t.detach().float().cpu() for name, t in module.state_dict().items()
+        }
+        write_safetensors(output_dir / "adapter_model.safetensors", tensors, {"format": "pt"})
+        return [output_dir / "adapter_config.json", output_dir / "adapter_model.safetensors"]

@@ -1,15 +1,18 @@
 """The vocab adapter: textual inversion for XLM-R, one new token of learned input vectors per domain tag.
 
 Only the domain's tags get new vectors; the tokenizer, the encoder and every other word stay as they are.
-`tokenize_with_tags` finds the adapter's tags in a prompt (whole tags, split and normalised as captions
-are) and gives each occurrence placeholder ids past the vocabulary: id V + t * n + k is vector k of tag t
-(V word-embedding rows, n = vectors_per_tag). A prompt without any of the tags is encoded exactly as the
-original.
+`vocab_tokens.tokenize_with_tags` finds the adapter's tags in a prompt and tokenizes it as diffusers'
+textual inversion would with each tag written as its own added token, so an exported adapter
+(`pipe.load_textual_inversion`) encodes exactly as here. Placeholder id V + t * n + k
+is vector k of tag t (V word-embedding rows, n = vectors_per_tag). A prompt without any of the tags is
+encoded exactly as the original.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +20,16 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import XLMRobertaTokenizer
 
 from altadapter.adapters.kind import AdapterKind, check_positive, learned_vectors
+from altadapter.adapters.vocab_tokens import tag_tokens, tokenize_with_tags
 from altadapter.data.prompts import TagVocabulary
 from altadapter.data.tag_text import tag_spans
 from altadapter.data.tags import read_tag_file
-from altadapter.encoding import encode_embeddings, tokenize, warn_if_truncated
-from altadapter.model import AltDiffusionBase, BaseInfo
+from altadapter.encoding import encode_embeddings
+from altadapter.fileio import atomic_write, write_safetensors
+from altadapter.model import AltDiffusionBase, BaseInfo, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -112,74 +118,6 @@ def vocab_init_from_pieces(
     return torch.stack(rows)
 
 
-def tokenize_with_tags(
-    base: AltDiffusionBase, prompts: Sequence[str], config: VocabConfig, max_length: int, *, warn: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `tokenize`, with every whole tag of `config` replaced by its placeholder ids: (B, max_length) each.
-
-    A prompt's tags are split and normalised as the dataset's captions are (`,` or `，`, whitespace,
-    underscores as spaces); the tokens overlapping a matching tag's stretch between separators become
-    `vectors_per_tag` placeholders, V + t * n .. V + t * n + n - 1. Rows without a tag are `tokenize`'s.
-    """
-    prompts = list(prompts)
-    ids, mask = tokenize(base, prompts, max_length, warn=False)
-    index = {tag: t for t, tag in enumerate(config.tags)}
-    first = base.text_encoder.get_input_embeddings().num_embeddings  # placeholders start past the words
-    full = base.tokenizer(
-        prompts, truncation=False, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
-    )
-    for row, prompt in enumerate(prompts):
-        tokens = full["input_ids"][row]
-        matches = [
-            (start, end, index[tag])
-            for start, end, tag in tag_spans(prompt, underscores_to_spaces=True)
-            if tag in index
-        ]
-        if not matches:
-            if warn:
-                warn_if_truncated(prompt, len(tokens), max_length)
-            continue
-        content = _with_placeholders(
-            tokens, full["offset_mapping"][row], full["special_tokens_mask"][row], matches, first, config
-        )
-        if warn:
-            warn_if_truncated(prompt, len(content) + 2, max_length)
-        sequence = [tokens[0], *content[: max_length - 2], tokens[-1]]  # <s> ... </s>, as truncation keeps
-        ids[row] = base.tokenizer.pad_token_id
-        ids[row, : len(sequence)] = torch.tensor(sequence)
-        mask[row] = 0
-        mask[row, : len(sequence)] = 1
-    return ids, mask
-
-
-def _with_placeholders(
-    tokens: list[int],
-    offsets: list[tuple[int, int]],
-    specials: list[int],
-    matches: list[tuple[int, int, int]],
-    first: int,
-    config: VocabConfig,
-) -> list[int]:
-    """One prompt's tokens without `<s>` and `</s>`, those overlapping a matched (start, end, tag) stretch
-    replaced by the tag's placeholder ids, once per match."""
-    n = config.vectors_per_tag
-    content: list[int] = []
-    placed: set[int] = set()
-    for token, (begin, finish), special in zip(tokens, offsets, specials, strict=True):
-        if special:
-            continue
-        # The match whose stretch this token overlaps (a zero-width token counts at its position).
-        hit = next(
-            (m for m, (s, e, _) in enumerate(matches) if begin < e and max(finish, begin + 1) > s), None
-        )
-        if hit is None:
-            content.append(token)
-        elif hit not in placed:
-            placed.add(hit)
-            content.extend(range(first + matches[hit][2] * n, first + matches[hit][2] * n + n))
-    return content
-
-
 class VocabKind(AdapterKind):
     """A new token per domain tag: prompts without the tags keep the original conditioning, bit for bit."""
 
@@ -194,6 +132,7 @@ class VocabKind(AdapterKind):
     default_run_name = "altm9-vocab"
     default_learning_rate = 1e-3
     vector_noun = "tag vector"
+    export_format = "diffusers"
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("vocab adapter")
@@ -273,3 +212,59 @@ class VocabKind(AdapterKind):
         """The tag each vector stands for, numbered when a tag has several."""
         per_tag = config["vectors_per_tag"]
         return [tag if per_tag == 1 else f"{tag} [{k}]" for tag in config["tags"] for k in range(per_tag)]
+
+    def export(self, module: nn.Module, output_dir: Path, *, model_path: str) -> list[Path]:
+        """diffusers textual-inversion files, one per tag, that `pipe.load_textual_inversion(file)` loads."""
+        return export_textual_inversion(module, load_tokenizer(model_path), output_dir)
+
+
+def export_textual_inversion(
+    adapter: VocabAdapter, tokenizer: XLMRobertaTokenizer, output_dir: Path
+) -> list[Path]:
+    """`DIR/<tag>.safetensors` = {token: (n, H)} per tag, `tokens.json` (tag -> token) and a README.md."""
+    config = adapter.config
+    tokens = [names[0] for names in tag_tokens(tokenizer, config)]
+    vectors = adapter.embeddings.detach().float().cpu().split(config.vectors_per_tag)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for token, rows in zip(tokens, vectors, strict=True):
+        path = output_dir / f"{_file_stem(token)}.safetensors"
+        write_safetensors(path, {token: rows.contiguous()})
+        written.append(path)
+    mapping = dict(zip(config.tags, tokens, strict=True))
+    with atomic_write(output_dir / "tokens.json") as handle:
+        json.dump(mapping, handle, ensure_ascii=False, indent=2)
+    with atomic_write(output_dir / "README.md") as handle:
+        handle.write(_export_readme(mapping, written))
+    return [*written, output_dir / "tokens.json", output_dir / "README.md"]
+
+
+def _file_stem(token: str) -> str:
+    """A file name for a token: its brackets off, characters file systems refuse as `_`."""
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", token[1:-1]).lstrip(".") or "tag"
+
+
+def _export_readme(mapping: dict[str, str], files: list[Path]) -> str:
+    rows = [
+        f"| {tag} | `{token}` | `{path.name}` |"
+        for (tag, token), path in zip(mapping.items(), files, strict=True)
+    ]
+    loads = [f'pipe.load_textual_inversion("{path.name}")' for path in files]
+    return "\n".join(
+        [
+            "# Textual-inversion tokens of a vocab adapter",
+            "",
+            "Write each token in a prompt where the tag would stand, e.g. "
+            f"`{', '.join(list(mapping.values())[:2])}, red hair`.",
+            "",
+            "| tag | token | file |",
+            "|---|---|---|",
+            *rows,
+            "",
+            "```python",
+            "# pipe: a diffusers AltDiffusionPipeline of the base this adapter was trained on; run from this folder",
+            *loads,
+            "```",
+            "",
+        ]
+    )

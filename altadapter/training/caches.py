@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from altadapter.data.images import file_digest, load_image_tensor
 from altadapter.data.records import DatasetError, Record
 from altadapter.encoding import encode_tokens, tokenize
-from altadapter.fileio import atomic_replace_from, temp_path_beside
+from altadapter.fileio import write_safetensors
 from altadapter.model import AltDiffusionBase
 
 logger = logging.getLogger(__name__)
@@ -114,9 +114,7 @@ def build_latent_cache(
             ):
                 entries[index, flip] = params
                 if path is not None and write:
-                    tmp = temp_path_beside(path)
-                    save_file({"params": params.contiguous()}, str(tmp))
-                    atomic_replace_from(tmp, path)
+                    write_safetensors(Path(path), {"params": params.contiguous()})
         bar.update(len(chunk))
     bar.close()
     kept = [index for index in kept if all((index, flip) in entries for flip in flips)]
