@@ -94,6 +94,10 @@ class AdapterKind:
         """Learned positions between `<s>` and the text in the tuned conditioning (the prompt vectors)."""
         return 0
 
+    def for_file(self, module: nn.Module) -> nn.Module:
+        """The adapter as its file holds it (a kind may fold what only training needs)."""
+        return module
+
     def detach(self, module: nn.Module, base: AltDiffusionBase) -> None:
         """Take back whatever using the adapter left in the shared base (most kinds leave nothing)."""
 

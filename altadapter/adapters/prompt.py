@@ -9,8 +9,9 @@ m9 the text is cut at 410 tokens and the conditioning keeps the original's 512 p
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -26,17 +27,26 @@ INIT_TAGS = 32  # most frequent dataset tags used as the default --init_text
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """`num_prompts` learned vectors of width `dim` (the base's word-embedding width)."""
+    """`num_prompts` learned vectors of width `dim` (the base's word-embedding width, = its hidden width).
+
+    depth > 1 adds deep prompts (P-tuning v2): vectors over the prompt positions at the input of encoder
+    layers 1 .. depth - 1 too. reparam_dim > 0 computes the input vectors through prefix-tuning's small MLP
+    while training; files hold the folded vectors (reparam_dim 0).
+    """
 
     dim: int
     num_prompts: int = 100
+    depth: int = 1
+    reparam_dim: int = 0
 
     def __post_init__(self) -> None:
-        check_positive(self, "num_prompts", "dim")
+        check_positive(self, "num_prompts", "dim", "depth")
+        if self.reparam_dim < 0:
+            raise ValueError(f"reparam_dim must be 0 (off) or positive, got {self.reparam_dim}")
 
 
 class PromptAdapter(nn.Module):
-    """`num_prompts` learned input vectors, (P, H), spliced in after `<s>`."""
+    """`num_prompts` learned input vectors, (P, H), spliced in after `<s>`; deep ones (depth - 1, P, H)."""
 
     kind: ClassVar[str] = "prompt"
 
@@ -44,10 +54,68 @@ class PromptAdapter(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = learned_vectors((config.num_prompts, config.dim), init, "prompt")
+        if config.depth > 1:
+            self.deep = nn.Parameter(torch.zeros(config.depth - 1, config.num_prompts, config.dim))
+        if config.reparam_dim:
+            # Prefix-tuning's reparameterisation (Li and Liang 2021): vectors = E + MLP(E), the MLP's last
+            # layer from zero so training starts where the plain vectors do; only the optimisation differs.
+            self.reparam = nn.Sequential(
+                nn.Linear(config.dim, config.reparam_dim),
+                nn.Tanh(),
+                nn.Linear(config.reparam_dim, config.dim),
+            )
+            nn.init.zeros_(self.reparam[2].weight)
+            nn.init.zeros_(self.reparam[2].bias)
 
-    def forward(self, batch_size: int) -> torch.Tensor:
-        """The prompt vectors repeated for a batch: (B, P, H)."""
-        return self.embeddings.unsqueeze(0).expand(batch_size, -1, -1)
+    def vectors(self) -> torch.Tensor:
+        """The input vectors (P, H), through the reparameterisation where there is one."""
+        if self.config.reparam_dim:
+            return self.embeddings + self.reparam(self.embeddings)
+        return self.embeddings
+
+    def forward(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input vectors repeated for a batch, (B, P, H), and the deep ones, (depth - 1, B, P, H) or None."""
+        deep = self.deep.unsqueeze(1).expand(-1, batch_size, -1, -1) if self.config.depth > 1 else None
+        return self.vectors().unsqueeze(0).expand(batch_size, -1, -1), deep
+
+    def folded(self) -> PromptAdapter:
+        """The same adapter without the reparameterisation, as files hold it."""
+        if not self.config.reparam_dim:
+            return self
+        plain = PromptAdapter(replace(self.config, reparam_dim=0), self.vectors().detach())
+        if self.config.depth > 1:
+            plain.deep.data.copy_(self.deep.detach())
+        return plain
+
+
+@contextlib.contextmanager
+def deep_prompts(encoder: nn.Module, deep: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, encoder layer l >= 1 sees deep[l - 1] (B, P, H) at the prompt positions 1 .. P."""
+    if deep is None:
+        yield
+        return
+
+    def overwrite(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            vectors = deep[index].to(hidden.dtype)
+            hidden = torch.cat([hidden[:, :1], vectors, hidden[:, 1 + vectors.shape[1] :]], dim=1)
+            if "hidden_states" in kwargs:
+                return args, {**kwargs, "hidden_states": hidden}
+            return (hidden, *args[1:]), kwargs
+
+        return hook
+
+    layers = encoder.roberta.encoder.layer
+    handles = [
+        layers[index + 1].register_forward_pre_hook(overwrite(index), with_kwargs=True)
+        for index in range(deep.shape[0])
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -57,9 +125,15 @@ class PromptOptions:
     num_prompts: int = 100
     init_text: str | None = None
     random_init: bool = False
+    prompt_depth: int = 1
+    prompt_reparam_dim: int = 0
 
     def __post_init__(self) -> None:
-        check_positive(self, "num_prompts", prefix="--")
+        check_positive(self, "num_prompts", "prompt_depth", prefix="--")
+        if self.prompt_reparam_dim < 0:
+            raise ValueError(
+                f"--prompt_reparam_dim must be 0 (off) or positive, got {self.prompt_reparam_dim}"
+            )
         if self.random_init and self.init_text:
             raise ValueError("--random_init and --init_text contradict each other; pass one")
 
@@ -98,6 +172,27 @@ def text_token_budget(base: AltDiffusionBase, num_prompts: int) -> int:
     return budget
 
 
+@torch.no_grad()
+def init_deep_prompts(base: AltDiffusionBase, adapter: PromptAdapter, captions: Sequence[str]) -> None:
+    """Start each layer's deep vectors at the hidden states the input vectors give the prompt positions
+    there (averaged over captions), so training starts from the plain prompt's output."""
+    captured: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach())
+
+    layers = base.text_encoder.roberta.encoder.layer[1 : adapter.config.depth]
+    handles = [layer.register_forward_pre_hook(capture, with_kwargs=True) for layer in layers]
+    try:
+        kind = PromptKind()
+        kind.encode(base, *kind.tokenize(base, captions or [""], adapter.config, warn=False), adapter)
+    finally:
+        for handle in handles:
+            handle.remove()
+    count = adapter.config.num_prompts
+    adapter.deep.copy_(torch.stack([hidden[:, 1 : 1 + count].float().mean(dim=0) for hidden in captured]))
+
+
 class PromptKind(AdapterKind):
     """Before the encoder: the vectors pass through every encoder layer, which runs every training step."""
 
@@ -131,6 +226,20 @@ class PromptKind(AdapterKind):
         group.add_argument(
             "--random_init", action="store_true", help="initialise the vectors randomly instead of from text"
         )
+        group.add_argument(
+            "--prompt_depth",
+            type=int,
+            default=PromptOptions.prompt_depth,
+            help="deep prompts (P-tuning v2): learned vectors at the prompt positions of the first N encoder "
+            "layers' inputs; 1 is the write-up's prompt, at the encoder's input only",
+        )
+        group.add_argument(
+            "--prompt_reparam_dim",
+            type=int,
+            default=PromptOptions.prompt_reparam_dim,
+            help="train the vectors through prefix-tuning's MLP of this width (0: off); the file holds the "
+            "vectors it gives, so rendering is unchanged",
+        )
 
     def build(
         self, options: PromptOptions, base: AltDiffusionBase, captions: Sequence[str], seed: int
@@ -142,22 +251,36 @@ class PromptKind(AdapterKind):
                 f"--num_prompts {options.num_prompts}: this base's text encoder places "
                 f"{base.info.max_text_positions} tokens and needs 2 for <s> and </s>; use at most {limit}"
             )
-        config = PromptConfig(dim=base.info.hidden_size, num_prompts=options.num_prompts)
-        if options.random_init:
-            return PromptAdapter(config)  # random, at the scale of XLM-R word embeddings
-        text = options.init_text or ", ".join(
-            tag for tag, _ in TagVocabulary.from_captions(captions).ranked()[:INIT_TAGS]
+        if options.prompt_depth > base.info.num_layers:
+            raise ValueError(
+                f"--prompt_depth {options.prompt_depth}: this base's text encoder has {base.info.num_layers} layers"
+            )
+        config = PromptConfig(
+            dim=base.info.hidden_size,
+            num_prompts=options.num_prompts,
+            depth=options.prompt_depth,
+            reparam_dim=options.prompt_reparam_dim,
         )
-        ids = base.tokenizer(text, add_special_tokens=False).input_ids
-        words = base.text_encoder.get_input_embeddings().weight
-        init = prompt_init_from_text(words, ids, options.num_prompts, torch.Generator().manual_seed(seed))
-        return PromptAdapter(config, init)
+        init = None  # random, at the scale of XLM-R word embeddings
+        if not options.random_init:
+            text = options.init_text or ", ".join(
+                tag for tag, _ in TagVocabulary.from_captions(captions).ranked()[:INIT_TAGS]
+            )
+            ids = base.tokenizer(text, add_special_tokens=False).input_ids
+            words = base.text_encoder.get_input_embeddings().weight
+            init = prompt_init_from_text(words, ids, options.num_prompts, torch.Generator().manual_seed(seed))
+        adapter = PromptAdapter(config, init)
+        if config.depth > 1:
+            init_deep_prompts(base, adapter, captions[:64])
+        return adapter
 
     def check_base(self, config: dict, base: BaseInfo) -> str | None:
         if config.get("dim") != base.hidden_size:
             return f"this prompt adapter is {config.get('dim')} wide but the base's hidden_size is {base.hidden_size}"
         if config["num_prompts"] > base.max_text_positions - 2:
             return f"{config['num_prompts']} prompt vectors do not fit this base's {base.max_text_positions} positions"
+        if base.num_layers and config.get("depth", 1) > base.num_layers:
+            return f"this prompt adapter is {config['depth']} layers deep but the base's text encoder has {base.num_layers}"
         return None
 
     def read_legacy(self, state: dict[str, torch.Tensor]) -> dict | None:
@@ -179,12 +302,18 @@ class PromptKind(AdapterKind):
         self, base: AltDiffusionBase, ids: torch.Tensor, mask: torch.Tensor, module: nn.Module
     ) -> torch.Tensor:
         words = base.text_encoder.get_input_embeddings()(ids.to(base.text_encoder.device))  # (B, T, H)
-        vectors = module(ids.shape[0]).to(words.dtype)  # (B, P, H)
-        inputs_embeds = torch.cat([words[:, :1], vectors, words[:, 1:]], dim=1)  # (B, T + P, H)
-        return encode_embeddings(base, inputs_embeds, prompt_attention_mask(mask, vectors.shape[1]))
+        vectors, deep = module(ids.shape[0])  # (B, P, H), (depth - 1, B, P, H) or None
+        inputs_embeds = torch.cat(
+            [words[:, :1], vectors.to(words.dtype), words[:, 1:]], dim=1
+        )  # (B, T + P, H)
+        with deep_prompts(base.text_encoder, deep):
+            return encode_embeddings(base, inputs_embeds, prompt_attention_mask(mask, vectors.shape[1]))
 
     def positions_before_text(self, config: PromptConfig) -> int:
         return config.num_prompts
 
+    def for_file(self, module: nn.Module) -> nn.Module:
+        return module.folded()
+
     def learned_vectors(self, module: nn.Module) -> torch.Tensor:
-        return module.embeddings
+        return module.vectors()

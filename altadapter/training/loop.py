@@ -140,7 +140,7 @@ def after_sync_step(run: Run, loss: torch.Tensor) -> dict[str, float]:
 def save_final_adapter(run: Run) -> Path:
     """Write the adapter file (main process) with its scores and flags as metadata; end the run."""
     config, accelerator = run.config, run.accelerator
-    trained = run.unwrapped_adapter
+    trained = config.adapter_kind.for_file(run.unwrapped_adapter)
     logger.info("adapter %s on process %d", adapter_digest(trained), accelerator.process_index)
     final = run.run_dir / f"{config.output.name}.safetensors"
     if accelerator.is_main_process:
