@@ -152,7 +152,7 @@ def test_summary_lists_counts_and_first_names(messy, tmp_path):
 def test_converted_dataset_is_readable_by_the_training_reader(messy, tmp_path):
     convert_dataset(messy, tmp_path / "out", progress=False)
     records = scan_dataset(tmp_path / "out")
-    assert {record.image_path.relative_to(tmp_path / "out").as_posix() for record in records} == set(
+    assert {record.image.relative_to(tmp_path / "out").as_posix() for record in records} == set(
         EXPECTED_TEXTS
     )
 

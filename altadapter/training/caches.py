@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from altadapter.data.images import file_digest, load_image_tensor
+from altadapter.data.images import content_digest, load_image_tensor
 from altadapter.data.records import DatasetError, Record
 from altadapter.encoding import encode_tokens, tokenize
 from altadapter.fileio import atomic_replace_from, temp_path_beside
@@ -81,9 +81,9 @@ def build_latent_cache(
     skipped = 0
     for index, record in enumerate(tqdm(records, desc="checking latent cache", disable=not progress)):
         try:
-            digest = file_digest(record.image_path) if cache_dir else None
+            digest = content_digest(record.image) if cache_dir else None
         except OSError as error:
-            logger.warning("skipping %s: %s", record.image_path, error)
+            logger.warning("skipping %s: %s", record.image, error)
             skipped += 1
             continue
         kept.append(index)
@@ -101,7 +101,7 @@ def build_latent_cache(
         pixels, ready = [], []
         for index, flip, path in chunk:
             try:
-                pixels.append(load_image_tensor(records[index].image_path, resolution, flip=flip))
+                pixels.append(load_image_tensor(records[index].image, resolution, flip=flip))
                 ready.append((index, flip, path))
             except DatasetError as error:
                 logger.warning("skipping: %s", error)
