@@ -3,13 +3,14 @@
 As PEFT's TEST_CASES drive its contract tests, the registry drives these: registering a kind puts it under
 every test here (file round trip, refusal of another base, scale 0 = the original, gradients only into the
 adapter, the encoder's calls, exact resume in bf16, learning, the base untouched, refusal of other kinds'
-flags, two processes ending with one adapter).
+flags, two processes ending with one adapter, a `datasets` source with kohya's caption flags).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import runpy
 import signal
@@ -210,6 +211,27 @@ def test_training_learns_a_small_set_and_leaves_the_base_unchanged(
     assert files == {
         p: hashlib.sha256(p.read_bytes()).hexdigest() for p in roomy_model_dir.rglob("*.safetensors")
     }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_parquet_dataset_with_a_tags_column_trains_it_with_shuffled_tags(
+    kind, roomy_model_dir, parquet_dataset, tmp_path
+):
+    argv = common_args(parquet_dataset, roomy_model_dir, tmp_path, "run", "--caption_column", "tags")
+    argv[argv.index("--data_dir")] = "--dataset_name"
+    argv += [
+        "--max_train_steps",
+        "2",
+        "--shuffle_caption",
+        "--keep_tokens",
+        "1",
+        "--caption_dropout_rate",
+        "0.2",
+    ]
+    tensors, metadata = read_adapter_file(train_in_process(kind, argv))
+    assert metadata.kind == kind and metadata.step == 2
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert json.loads(metadata.extra["training"])["dataset_name"] == str(parquet_dataset)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -29,6 +29,17 @@ def write_colour_dataset(folder: Path, count: int = 8) -> Path:
     return folder
 
 
+def write_aspect_dataset(folder: Path, count: int = 6) -> Path:
+    """Flat-colour pictures of three aspects in turn, 2:1, 1:2 and square, captioned by their colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = list(COLOURS)[index % len(COLOURS)]
+        size = [(48, 24), (24, 48), (32, 32)][index % 3]
+        Image.new("RGB", size, COLOURS[name]).save(folder / f"img{index}.png")
+        (folder / f"img{index}.txt").write_text(f"1girl, solo, {name} hair, dress", encoding="utf-8")
+    return folder
+
+
 def write_parquet_dataset(folder: Path, count: int = 8) -> Path:
     """The colour dataset's pictures and tags as parquet (`image` bytes, `tags` a list), as a hub dataset has them."""
     import datasets
