@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import datasets  # a pinned dev dependency: a missing install must fail, not skip
+import datasets  # a pinned dependency: a missing install must fail, not skip
 import pytest
 from PIL import Image
 
