@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_helpers import write_colour_dataset, write_parquet_dataset
+from training_helpers import write_aspect_dataset, write_colour_dataset, write_parquet_dataset
 
 from altadapter.model import AltDiffusionBase, load_base
 from altadapter.testing.tiny_models import PRESETS, build_model_dir
@@ -57,6 +57,12 @@ def roomy_base(roomy_model_dir: Path) -> AltDiffusionBase:
 def colour_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight flat-colour images whose captions name the colour: learnable in a few steps."""
     return write_colour_dataset(tmp_path_factory.mktemp("data") / "colours")
+
+
+@pytest.fixture(scope="session")
+def aspect_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six flat-colour pictures, 2:1, 1:2 and square in turn: three aspect-ratio buckets."""
+    return write_aspect_dataset(tmp_path_factory.mktemp("data") / "aspects")
 
 
 @pytest.fixture(scope="session")

@@ -299,7 +299,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir, colour_dataset, tmp_path):
+def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir, aspect_dataset, tmp_path):
+    """In aspect-ratio buckets: the two processes' batches differ in size as well as in pictures."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     script, kind_flags = kind_script(kind)
     command = [
@@ -311,7 +312,10 @@ def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir
         "--master_port",
         str(free_port()),
     ]
-    command += [str(script), *kind_flags, *common_args(colour_dataset, roomy_model_dir, tmp_path, "run")]
+    argv = common_args(
+        aspect_dataset, roomy_model_dir, tmp_path, "run", "--enable_bucket", "--batch_size", "2"
+    )
+    command += [str(script), *kind_flags, *argv]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "on process" in line]

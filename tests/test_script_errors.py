@@ -47,11 +47,6 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
             ["--kind", "lora", "--data_dir", "{tmp}", "--resolution", "20"],
             "--resolution 20",
         ),
-        (
-            "train_adapter.py",
-            ["--kind", "mlp", "--data_dir", "{tmp}", "--enable_bucket", "--min_bucket_reso", "640"],
-            "--min_bucket_reso 640 to --max_bucket_reso 1024 (steps of 64) holds no bucket",
-        ),
         ("render_adapter.py", ["--adapter", "{missing}", "--prompt", "a"], "{missing}"),
     ],
 )

@@ -57,7 +57,8 @@ class Record:
 
 
 def scan_dataset(data_dir: str | os.PathLike) -> list[Record]:
-    """Records from `data_dir/metadata.jsonl`, or from image + sidecar tag files when there is no metadata."""
+    """Records from `data_dir/metadata.jsonl` (its optional "repeats" kept), or from image + sidecar tag files
+    when there is no metadata (pictures of kohya's N_concept folders repeated N times)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"dataset folder {data_dir} does not exist; {_CONVERT_HINT}")

@@ -65,14 +65,13 @@ class BatchOrder:
 
     def __init__(
         self, records: Sequence[Record], groups: list[list[int]], batch: int, seed: int, *, bucketed: bool
-    ):
+    ) -> None:
         self.batch, self.seed, self.bucketed = batch, seed, bucketed
         # A record of r repeats stands r times in its group; with every repeat 1 a group is the record order.
+        # Without buckets there is one group: every picture is cropped to the same square.
         self.groups = [
             torch.tensor([i for i in group for _ in range(records[i].repeats)]) for group in groups
         ]
-        if not bucketed:
-            self.groups = [torch.cat(self.groups).sort().values]
         self._epoch: tuple[int, list[torch.Tensor]] = (-1, [])
 
     def indices(self, micro_step: int, process: int, num_processes: int) -> torch.Tensor:

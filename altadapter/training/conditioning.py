@@ -58,19 +58,19 @@ class Conditioner:
     def stack_tokens(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and masks (B, T) of captions, for the adapters that enter the encoder."""
         missing = [c for c in dict.fromkeys(captions) if c not in self.tokens]
-        tokens = self.tokens
+        fresh = {}
         if missing:
             ids, mask = self.kind.tokenize(self.base, missing, self.adapter_config, warn=False)
-            tokens = {**tokens, **{caption: (ids[i], mask[i]) for i, caption in enumerate(missing)}}
-        return torch.stack([tokens[c][0] for c in captions]), torch.stack([tokens[c][1] for c in captions])
+            fresh = {caption: (ids[i], mask[i]) for i, caption in enumerate(missing)}
+        rows = [self.tokens[c] if c in self.tokens else fresh[c] for c in captions]
+        return torch.stack([ids for ids, _ in rows]), torch.stack([mask for _, mask in rows])
 
     def stack_originals(self, captions: Sequence[str]) -> torch.Tensor:
         """Original conditioning (B, L, D) of captions, on the base's device."""
         missing = [c for c in dict.fromkeys(captions) if c not in self.originals]
-        originals = self.originals
-        if missing:
-            originals = {**originals, **build_text_cache(self.base, missing, progress=False)}
-        return torch.stack([originals[c] for c in captions]).to(self.base.device)
+        fresh = build_text_cache(self.base, missing, progress=False) if missing else {}
+        rows = [self.originals[c] if c in self.originals else fresh[c] for c in captions]
+        return torch.stack(rows).to(self.base.device)
 
     def original(self, captions: Sequence[str]) -> torch.Tensor:
         """Conditioning (B, L, D) of captions as the original model has it."""
