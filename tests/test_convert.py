@@ -300,7 +300,8 @@ KOHYA_ROWS = [
 
 def test_kohya_folders_keep_their_repeats_and_caption_untagged_pictures_by_concept(tmp_path):
     raw = make_kohya_folder(tmp_path / "raw")
-    convert_dataset(raw, tmp_path / "out", progress=False)
+    summary = convert_dataset(raw, tmp_path / "out", progress=False)
+    assert "repeated N times per epoch: 10_alice (2), 3_bob cat (1)" in summary.format()
     lines = (tmp_path / "out" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == KOHYA_ROWS
     for folder in (tmp_path / "out", raw):  # converted, and trained on as it is

@@ -57,6 +57,7 @@ class ConversionSummary:
     removed_stale: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_names: dict[str, list[str]] = field(default_factory=dict)
+    kohya_folders: Counter[str] = field(default_factory=Counter)  # "10_alice" -> pictures converted from it
 
     def skip(self, reason: str, name: str) -> None:
         """Count one skipped file, remembering the first few names for each reason."""
@@ -80,6 +81,10 @@ class ConversionSummary:
         if self.removed_stale:
             lines.append(f"removed {self.removed_stale} images of an earlier run whose source is gone")
         lines.append(self.format_skipped() if self.skipped else "skipped 0 files")
+        if self.kohya_folders:
+            # Said out loud: a folder named like "2024_trip" is read as kohya's 2024 repeats too.
+            folders = ", ".join(f"{name} ({count})" for name, count in sorted(self.kohya_folders.items()))
+            lines.append(f"kohya N_concept folders, each picture repeated N times per epoch: {folders}")
         return "\n".join(lines)
 
 
@@ -189,6 +194,8 @@ def _plan(
         planned.append(
             _Planned(item.image, relative.as_posix(), join_tags(tags), kohya.repeats if kohya else 1)
         )
+        if kohya:
+            summary.kohya_folders[relative.parts[0]] += 1
     return planned
 
 

@@ -158,6 +158,9 @@ def load_records(config: TrainingConfig, accelerator: Accelerator) -> tuple[list
     train_records, val_records = split_records(records, config.data.validation_split, config.optim.seed)
     if config.data.validation_dir:
         val_records = scan_dataset(config.data.validation_dir)
+    shown = sum(record.repeats for record in train_records)
+    if shown != len(train_records) and accelerator.is_main_process:
+        logger.info("kohya repeats: an epoch shows %d pictures of %d records", shown, len(train_records))
     return train_records, val_records
 
 
