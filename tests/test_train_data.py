@@ -144,6 +144,7 @@ def test_buckets_train_a_2_to_1_picture_at_2_to_1_and_resume_bit_for_bit(
         ),
         (["--caption_tag_dropout_rate", "-0.1"], "--caption_tag_dropout_rate -0.1: must be in"),
         (["--keep_tokens", "-1"], "--keep_tokens must be at least 0"),
+        (["--max_bucket_reso", "64"], "--max_bucket_reso takes effect only with --enable_bucket"),
     ],
 )
 def test_bad_caption_and_bucket_flags_fail_before_training(

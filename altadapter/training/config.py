@@ -82,6 +82,12 @@ class BucketConfig:
     bucket_reso_steps: int | None
 
     def __post_init__(self) -> None:
+        if not self.enable_bucket:
+            for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"--{name} takes effect only with --enable_bucket; add it or drop --{name}"
+                    )
         self.sizes()  # a range without a bucket fails here, before the base loads
 
     def sizes(self) -> list[Size] | None:
