@@ -88,16 +88,16 @@ def add_bucket_args(parser: argparse.ArgumentParser) -> None:
         "that size), every batch from one bucket, instead of a square centre crop",
     )
     buckets.add_argument(
-        "--min_bucket_reso", type=int, default=None, help="shortest bucket side (default: RESOLUTION / 2)"
+        "--min_bucket_reso", type=int, default=None, help="shortest bucket side (unset: RESOLUTION / 2)"
     )
     buckets.add_argument(
-        "--max_bucket_reso", type=int, default=None, help="longest bucket side (default: 2 x RESOLUTION)"
+        "--max_bucket_reso", type=int, default=None, help="longest bucket side (unset: 2 x RESOLUTION)"
     )
     buckets.add_argument(
         "--bucket_reso_steps",
         type=int,
         default=None,
-        help="bucket sides are multiples of this (default: RESOLUTION / 8 rounded up to a multiple of 8: "
+        help="bucket sides are multiples of this (unset: RESOLUTION / 8 rounded up to a multiple of 8: "
         "kohya's 256, 1024 and 64 at 512)",
     )
 
