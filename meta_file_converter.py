@@ -1,7 +1,9 @@
 """Convert a folder of tagged images into the training dataset: the images plus metadata.jsonl.
 
 Input: images (png, jpg, jpeg, webp, bmp; nested folders) each with a sidecar tag file of the same stem
-(name.txt or name.caption, comma-separated danbooru tags). Output: an image folder that
+(name.txt or name.caption, comma-separated danbooru tags), as a folder or a .zip / .tar of one (DeepGHS and
+CyberHarem "IMG+TXT" archives). kohya's `N_concept` folders keep N as each picture's repeats per epoch (and a
+picture without a tag file is captioned by the concept). Output: an image folder that
 `datasets.load_dataset("imagefolder", data_dir=OUTPUT_DIR)` and the training scripts read. Files that
 cannot be used are skipped and counted; re-running into the same folder is safe.
 
@@ -24,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--image_dir",
         required=True,
-        help="folder of images with sidecar .txt/.caption tag files (searched recursively)",
+        help="folder of images with sidecar .txt/.caption tag files (searched recursively; kohya N_concept "
+        "subfolders repeat their pictures N times), or a .zip / .tar of one",
     )
     parser.add_argument(
         "--output_dir", required=True, help="dataset folder to create or update; must not overlap --image_dir"

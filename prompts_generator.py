@@ -1,10 +1,12 @@
 """Sample evaluation prompts from a dataset's own tags: a domain's words are hard to invent by hand.
 
 Builds the tag vocabulary of --data_dir (a meta_file_converter.py output, or a plain image + tag-file
-folder), prints its statistics, and writes --num_prompts prompts, one per line, for the rendering scripts.
+folder) or of --dataset_name (anything `datasets` loads), prints its statistics, and writes --num_prompts
+prompts, one per line, for the rendering scripts.
 
-Example:
+Examples:
   python prompts_generator.py --data_dir OUTPUT_DIR --num_prompts 10 --prefix "1girl,solo" --out prompts.txt
+  python prompts_generator.py --dataset_name PARQUET_DIR --caption_column tags --out prompts.txt
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 
 from altadapter.cli_args import add_verbose_arg, user_errors
 from altadapter.data.prompts import WEIGHTINGS, TagVocabulary, sample_prompts, write_prompts
+from altadapter.data.sources import add_source_args, source_from_args
 from altadapter.data.tags import split_tags
 
 
@@ -22,9 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--data_dir", required=True, help="dataset folder (metadata.jsonl, or images with tag files)"
-    )
+    add_source_args(parser, "dataset folder (metadata.jsonl, or images with tag files)")
     parser.add_argument("--num_prompts", type=int, default=10, help="how many prompts to write")
     parser.add_argument(
         "--out", default="prompts.txt", help="prompts file to write, one prompt per line (UTF-8)"
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     # Without --seed, draw one and print it, so a run worth keeping can be repeated.
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     with user_errors(args.verbose):
-        vocab = TagVocabulary.from_data_dir(args.data_dir)
+        vocab = TagVocabulary.from_records(source_from_args(args).load())
         print(vocab.format_stats(args.top_k))
         pool = vocab.filtered(args.min_count)
         print(f"{len(pool)} tags appear in at least {args.min_count} captions")

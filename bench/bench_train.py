@@ -124,8 +124,10 @@ def variants(
     with torch.no_grad():
         moments = base.vae.encode(pixels.to(base.dtype)).latent_dist.parameters.float().cpu()
     cache = LatentCache(
-        moments.unsqueeze(1),
+        [moments.unsqueeze(1)],
+        [(args.resolution, args.resolution)],
         [Record(Path(f"{i}.png"), CAPTION) for i in range(batch)],
+        [(0, i) for i in range(batch)],
         base.vae.config.scaling_factor,
     )
     adapter_kind = get_kind(kind)

@@ -43,6 +43,8 @@ SIZES = {
     "preserve_prompts": (int, "base-world prompts of the preservation penalty"),
     "eval_prompts": (int, "prompts per evaluation set (domain short, domain long, base world)"),
     "eval_steps": (int, "DDIM steps of the evaluation pictures"),
+    "eval_width": (int, "width of the evaluation pictures (unset: the base's own)"),
+    "eval_height": (int, "height of the evaluation pictures (unset: the base's own)"),
     "loss_images": (int, "base-world held-out pictures for the out-of-domain loss"),
 }
 
@@ -86,6 +88,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="vocab adapter: the dataset's N most frequent tags",
     )
     tuning.add_argument("--rank", type=int, default=FULL.rank, help="LoRA rank")
+    tuning.add_argument(
+        "--nonsquare_share",
+        type=float,
+        default=FULL.nonsquare_share,
+        help="share of the toy domain's pictures drawn 2:1 or 1:2 (0: all square)",
+    )
+    tuning.add_argument(
+        "--enable_bucket",
+        action=argparse.BooleanOptionalAction,
+        default=FULL.enable_bucket,
+        help="train every adapter with aspect-ratio buckets (--no-enable_bucket: square crops)",
+    )
+    tuning.add_argument(
+        "--mlp_caption_tag_dropout_rate",
+        type=float,
+        default=FULL.mlp_caption_tag_dropout_rate,
+        help="--caption_tag_dropout_rate of the MLP runs (the MLP then encodes captions every step)",
+    )
     tuning.add_argument(
         "--preserve_weight",
         type=float,

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import sys
 from pathlib import Path
 
 import pytest
-from training_helpers import write_colour_dataset
+from training_helpers import write_aspect_dataset, write_colour_dataset, write_parquet_dataset
 
 from altadapter.model import AltDiffusionBase, load_base
 from altadapter.testing.tiny_models import PRESETS, build_model_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nothing is downloaded at test time, and what `datasets` prepares from the tests' parquet files goes to
+    a temporary folder, not ~/.cache. Both libraries read these settings once, when first imported, so the
+    imported modules are set as well as the environment (which the scripts run as subprocesses read)."""
+    import datasets
+    import huggingface_hub
+
+    folder = tmp_path_factory.mktemp("hf_datasets")
+    datasets.config.HF_DATASETS_CACHE = folder
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    os.environ.update(HF_DATASETS_CACHE=str(folder), HF_HUB_OFFLINE="1")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +57,18 @@ def roomy_base(roomy_model_dir: Path) -> AltDiffusionBase:
 def colour_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight flat-colour images whose captions name the colour: learnable in a few steps."""
     return write_colour_dataset(tmp_path_factory.mktemp("data") / "colours")
+
+
+@pytest.fixture(scope="session")
+def aspect_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six flat-colour pictures, 2:1, 1:2 and square in turn: three aspect-ratio buckets."""
+    return write_aspect_dataset(tmp_path_factory.mktemp("data") / "aspects")
+
+
+@pytest.fixture(scope="session")
+def parquet_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The colour pictures as a folder of parquet files: an `image` column and a `tags` list column."""
+    return write_parquet_dataset(tmp_path_factory.mktemp("data") / "parquet")
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,16 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
-import datasets  # a pinned dev dependency: a missing install must fail, not skip
+import datasets  # a pinned dependency: a missing install must fail, not skip
 import pytest
 from PIL import Image
 
 from altadapter.data import convert
+from altadapter.data.archives import ArchiveError
 from altadapter.data.convert import ConversionError, convert_dataset
 from altadapter.data.records import scan_dataset
 
@@ -152,7 +155,7 @@ def test_summary_lists_counts_and_first_names(messy, tmp_path):
 def test_converted_dataset_is_readable_by_the_training_reader(messy, tmp_path):
     convert_dataset(messy, tmp_path / "out", progress=False)
     records = scan_dataset(tmp_path / "out")
-    assert {record.image_path.relative_to(tmp_path / "out").as_posix() for record in records} == set(
+    assert {record.image.relative_to(tmp_path / "out").as_posix() for record in records} == set(
         EXPECTED_TEXTS
     )
 
@@ -270,6 +273,94 @@ def test_crash_while_writing_metadata_keeps_the_old_file(messy, tmp_path, monkey
         convert_dataset(messy, out, progress=False)
     assert (out / "metadata.jsonl").read_bytes() == old
     assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
+def make_kohya_folder(root: Path) -> Path:
+    """kohya's layout: N_concept folders (N repeats per epoch), a picture without tags in one, and a plain one."""
+    for name, tags in {
+        "10_alice/a.png": "alice, red hair",
+        "10_alice/untagged.png": None,
+        "3_bob cat/b.png": "bob",
+        "plain/c.png": "plain",
+    }.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise("RGB").save(root / name)
+        if tags:
+            (root / name).with_suffix(".txt").write_text(tags, encoding="utf-8")
+    return root
+
+
+KOHYA_ROWS = [
+    {"file_name": "10_alice/a.png", "text": "alice, red hair", "repeats": 10},
+    {"file_name": "10_alice/untagged.png", "text": "alice", "repeats": 10},
+    {"file_name": "3_bob cat/b.png", "text": "bob", "repeats": 3},
+    {"file_name": "plain/c.png", "text": "plain"},
+]
+
+
+def test_kohya_folders_keep_their_repeats_and_caption_untagged_pictures_by_concept(tmp_path):
+    raw = make_kohya_folder(tmp_path / "raw")
+    summary = convert_dataset(raw, tmp_path / "out", progress=False)
+    assert "repeated N times per epoch: 10_alice (2), 3_bob cat (1)" in summary.format()
+    lines = (tmp_path / "out" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == KOHYA_ROWS
+    for folder in (tmp_path / "out", raw):  # converted, and trained on as it is
+        assert [(r.caption, r.repeats) for r in scan_dataset(folder)] == [
+            ("alice, red hair", 10),
+            ("alice", 10),
+            ("bob", 3),
+            ("plain", 1),
+        ]
+
+
+def pack(folder: Path, archive: Path) -> Path:
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as packed:
+            for path in files:
+                packed.write(path, path.relative_to(folder).as_posix())
+    else:
+        with tarfile.open(archive, "w:gz") as packed:
+            for path in files:
+                packed.add(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tar.gz"])
+def test_a_zip_or_tar_converts_as_its_folder_does(suffix, tmp_path):
+    raw = make_kohya_folder(tmp_path / "raw")
+    archive = pack(raw, tmp_path / f"dump{suffix}")
+    summary = convert_dataset(archive, tmp_path / "out", progress=False)
+    assert summary.converted == 4 and not summary.skipped
+    lines = (tmp_path / "out" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == KOHYA_ROWS
+    assert (tmp_path / "out" / "3_bob cat" / "b.png").read_bytes() == (
+        raw / "3_bob cat" / "b.png"
+    ).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "10_alice",
+        "3_bob cat",
+        "metadata.jsonl",
+        "plain",
+    ]
+    # Members keep their times, so converting the archive again rewrites nothing.
+    assert dict(convert_dataset(archive, tmp_path / "out", progress=False).written) == {"unchanged": 4}
+
+
+def test_an_empty_broken_or_crafted_archive_is_refused_in_one_line(tmp_path):
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as packed:
+        packed.writestr("readme.txt", "no pictures here")
+    with pytest.raises(ConversionError, match=r"^no image in .*empty\.zip could be converted"):
+        convert_dataset(tmp_path / "empty.zip", tmp_path / "out", progress=False)
+    (tmp_path / "broken.zip").write_bytes(b"PK not really")
+    with pytest.raises(ArchiveError, match=r"^--image_dir .*broken\.zip: not a readable zip or tar archive"):
+        convert_dataset(tmp_path / "broken.zip", tmp_path / "out", progress=False)
+    with zipfile.ZipFile(tmp_path / "crafted.zip", "w") as packed:
+        packed.writestr("../escape.png", b"x")
+    with pytest.raises(ArchiveError, match="member '../escape.png' would land outside"):
+        convert_dataset(tmp_path / "crafted.zip", tmp_path / "out", progress=False)
+    assert not (tmp_path / "escape.png").exists()
+    assert not [p for p in (tmp_path / "out").iterdir()]  # no unpacked leftovers
 
 
 def test_script_end_to_end(messy, tmp_path):

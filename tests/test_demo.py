@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from altadapter.adapter_io import read_adapter_file
+from altadapter.model import load_base
+from altadapter.rendering.sampler import RenderSettings
 from altadapter.testing.tiny_models import ModelSize, build_model_dir
-from toyworld import captions
+from toyworld import captions, evaluation
 from toyworld.commands import Command, DemoError, run_commands
 from toyworld.demo import GRID_PAIRS
 from toyworld.demo_config import MODELS, PROMPT_SETS, SMOKE, DemoConfig, DemoPaths
@@ -34,7 +38,7 @@ def smoke_run(toy_sized_base, tmp_path_factory) -> tuple[subprocess.CompletedPro
     root = tmp_path_factory.mktemp("demo")
     work, images = root / "out", root / "images"
     command = [sys.executable, str(RUN_DEMO), "--smoke", "--model_path", str(toy_sized_base)]
-    command += ["--work_dir", str(work), "--images_dir", str(images)]
+    command += ["--work_dir", str(work), "--images_dir", str(images), "--mlp_caption_tag_dropout_rate", "0.2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     return done, work, images
@@ -61,6 +65,32 @@ def test_smoke_demo_writes_every_artefact(smoke_run):
     for set_name in PROMPT_SETS:
         assert (images / "samples" / f"{set_name}.png").is_file()
     assert (work / "logs" / "train_prompt_preserve.log").is_file()
+
+
+def test_smoke_demo_trains_non_square_pictures_in_buckets_and_the_mlp_with_tag_dropout(smoke_run):
+    done, work, _ = smoke_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    paths = DemoPaths(work, work)
+    sizes = {Image.open(path).size for path in (paths.data).rglob("*.png")}
+    assert (32, 32) in sizes and sizes & {(64, 32), (32, 64)}
+    for name in MODELS:
+        if name != "original":
+            flags = json.loads(read_adapter_file(paths.adapter(name))[1].extra["training"])
+            assert flags["enable_bucket"] is True, name
+            assert flags["caption_tag_dropout_rate"] == (0.2 if name.startswith("mlp") else 0.0), name
+    assert "aspect-ratio buckets (width x height: training pictures)" in (
+        work / "logs" / "train_mlp.log"
+    ).read_text(encoding="utf-8")
+
+
+def test_the_evaluation_renders_and_scores_at_a_non_square_size(toy_sized_base):
+    base = load_base(toy_sized_base)
+    prompts = captions.domain_prompts(2, seed=0, num_tags=captions.SHORT_NUM_TAGS)
+    settings = RenderSettings(num_images=1, num_inference_steps=2, scheduler="ddim", width=48, height=32)
+    pictures = evaluation.render_models(base, {"original": None}, prompts, settings)
+    assert [image.size for row in pictures["original"] for image in row] == [(48, 32), (48, 32)]
+    scores = evaluation.score_pictures(pictures["original"], prompts)
+    assert scores["n"] == 2 and 0 <= scores["all"] <= 1
 
 
 def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_run):
@@ -124,6 +154,14 @@ def test_flags_left_unset_take_the_smoke_or_full_sizes():
         DemoConfig(eval_steps=0)
     with pytest.raises(ValueError, match="preserve_weight must be a positive number"):
         DemoConfig(preserve_weight=0.0)
+    with pytest.raises(ValueError, match=r"nonsquare_share must be in \[0, 1\), got 1.5"):
+        DemoConfig(nonsquare_share=1.5)
+    with pytest.raises(ValueError, match="eval_width and eval_height: give both or neither"):
+        DemoConfig(eval_width=48)
+    squares = script["config_from_args"](
+        script["parse_args"](["--no-enable_bucket", "--nonsquare_share", "0"])
+    )
+    assert not squares.enable_bucket and squares.nonsquare_share == 0
 
 
 def test_commands_run_after_what_they_need_and_a_failure_shows_its_log(tmp_path):

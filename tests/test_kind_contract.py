@@ -3,13 +3,14 @@
 As PEFT's TEST_CASES drive its contract tests, the registry drives these: registering a kind puts it under
 every test here (file round trip, refusal of another base, scale 0 = the original, gradients only into the
 adapter, the encoder's calls, exact resume in bf16, learning, the base untouched, refusal of other kinds'
-flags, two processes ending with one adapter).
+flags, two processes ending with one adapter, a `datasets` source with kohya's caption flags).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import runpy
 import signal
@@ -259,6 +260,27 @@ def test_training_learns_a_small_set_and_leaves_the_base_unchanged(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_parquet_dataset_with_a_tags_column_trains_it_with_shuffled_tags(
+    kind, roomy_model_dir, parquet_dataset, tmp_path
+):
+    argv = common_args(parquet_dataset, roomy_model_dir, tmp_path, "run", "--caption_column", "tags")
+    argv[argv.index("--data_dir")] = "--dataset_name"
+    argv += [
+        "--max_train_steps",
+        "2",
+        "--shuffle_caption",
+        "--keep_tokens",
+        "1",
+        "--caption_dropout_rate",
+        "0.2",
+    ]
+    tensors, metadata = read_adapter_file(train_in_process(kind, argv))
+    assert metadata.kind == kind and metadata.step == 2
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert json.loads(metadata.extra["training"])["dataset_name"] == str(parquet_dataset)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_killed_bf16_run_resumes_through_the_script_to_the_same_adapter_bit_for_bit(
     kind, roomy_model_dir, colour_dataset, tmp_path
 ):
@@ -323,7 +345,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir, colour_dataset, tmp_path):
+def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir, aspect_dataset, tmp_path):
+    """In aspect-ratio buckets: the two processes' batches differ in size as well as in pictures."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     script, kind_flags = kind_script(kind)
     command = [
@@ -335,7 +358,10 @@ def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir
         "--master_port",
         str(free_port()),
     ]
-    command += [str(script), *kind_flags, *common_args(colour_dataset, roomy_model_dir, tmp_path, "run")]
+    argv = common_args(
+        aspect_dataset, roomy_model_dir, tmp_path, "run", "--enable_bucket", "--batch_size", "2"
+    )
+    command += [str(script), *kind_flags, *argv]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "on process" in line]

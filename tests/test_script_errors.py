@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,11 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
     ("script", "bad_flags", "named"),
     [
         ("meta_file_converter.py", ["--image_dir", "{missing}", "--output_dir", "{tmp}/out"], "{missing}"),
+        (
+            "meta_file_converter.py",
+            ["--image_dir", "{empty_zip}", "--output_dir", "{tmp}/out"],
+            "{empty_zip}",
+        ),
         ("prompts_generator.py", ["--data_dir", "{missing}", "--out", "{tmp}/p.txt"], "{missing}"),
         (
             "text_encoder_util_mlp_transfer.py",
@@ -45,7 +51,12 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_path):
-    values = {"missing": str(tmp_path / "nowhere"), "tmp": str(tmp_path)}
+    values = {
+        "missing": str(tmp_path / "nowhere"),
+        "tmp": str(tmp_path),
+        "empty_zip": str(tmp_path / "e.zip"),
+    }
+    zipfile.ZipFile(values["empty_zip"], "w").close()
     result = run_script(script, *(flag.format(**values) for flag in bad_flags))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -36,6 +36,14 @@ def test_classifier_reads_larger_pictures_and_pil_images():
         assert world.classify_image(image) == attrs
 
 
+@pytest.mark.parametrize("size", [(64, 32), (32, 64), (48, 40)])
+def test_classifier_reads_every_combination_at_any_aspect(size):
+    combos = world.all_attributes() * 3
+    images = world.render_batch(combos, size, np.random.default_rng(2)).numpy()
+    assert images.shape == (len(combos), size[1], size[0], 3)
+    assert world.attribute_accuracy(list(images), combos)["all"] == 1.0
+
+
 def test_renders_vary_but_are_reproducible_by_seed():
     attrs = [Attributes("red", "blue", "circle")] * 2
     first = world.render_batch(attrs, 32, np.random.default_rng(5)).numpy()
@@ -109,9 +117,13 @@ def test_prompts_per_template_cover_every_template_with_the_same_scenes():
 
 
 def test_domain_dataset_writes_images_with_comma_separated_tag_files(tmp_path):
-    folders = captions.make_domain_dataset(tmp_path / "toy", n_train=12, n_heldout=5, seed=0)
+    folders = captions.make_domain_dataset(
+        tmp_path / "toy", n_train=16, n_heldout=5, seed=0, nonsquare_share=0.5
+    )
     assert set(folders) == {"train", "heldout"}
-    for split, count in (("train", 12), ("heldout", 5)):
+    sizes = {world.Image.open(path).size for path in folders["train"].glob("*.png")}
+    assert sizes == {(32, 32), (64, 32), (32, 64)}
+    for split, count in (("train", 16), ("heldout", 5)):
         scan = find_tagged_images(folders[split])
         assert len(scan.images) == count and not scan.orphan_tag_files
         attributes = json.loads((folders[split] / "attributes.json").read_text())
@@ -121,6 +133,19 @@ def test_domain_dataset_writes_images_with_comma_separated_tag_files(tmp_path):
             assert tags[:2] == ["1girl", "solo"]
             assert set(captions.domain_tags(attrs)) <= set(tags)
             assert world.classify_image(world.Image.open(item.image)) == attrs
+
+
+def test_an_all_square_domain_is_the_one_it_always_was(tmp_path):
+    folders = captions.make_domain_dataset(tmp_path, n_train=6, n_heldout=2, seed=0, nonsquare_share=0.0)
+    rng = np.random.default_rng(0)  # the draws as they were before pictures could be non-square
+    for split, count in (("train", 6), ("heldout", 2)):
+        attrs = world.balanced_attributes(count, rng)
+        pixels = world.render_batch(attrs, 32, rng).numpy()
+        for index in range(count):
+            written = np.asarray(world.Image.open(folders[split] / f"{index:05d}.png"))
+            assert np.array_equal(written, pixels[index])
+            text = (folders[split] / f"{index:05d}.txt").read_text(encoding="utf-8")
+            assert text == captions.domain_caption(attrs[index], rng, captions.TRAIN_NUM_TAGS) + "\n"
 
 
 def test_make_toy_domain_script_writes_data_and_prompt_lists(tmp_path, demo_script):

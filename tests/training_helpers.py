@@ -29,6 +29,32 @@ def write_colour_dataset(folder: Path, count: int = 8) -> Path:
     return folder
 
 
+def write_aspect_dataset(folder: Path, count: int = 6) -> Path:
+    """Flat-colour pictures of three aspects in turn, 2:1, 1:2 and square, captioned by their colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = list(COLOURS)[index % len(COLOURS)]
+        size = [(48, 24), (24, 48), (32, 32)][index % 3]
+        Image.new("RGB", size, COLOURS[name]).save(folder / f"img{index}.png")
+        (folder / f"img{index}.txt").write_text(f"1girl, solo, {name} hair, dress", encoding="utf-8")
+    return folder
+
+
+def write_parquet_dataset(folder: Path, count: int = 8) -> Path:
+    """The colour dataset's pictures and tags as parquet (`image` bytes, `tags` a list), as a hub dataset has them."""
+    import datasets
+
+    source = write_colour_dataset(folder.parent / f"{folder.name}-pictures", count)
+    rows = {"image": [], "tags": []}
+    for index in range(count):
+        rows["image"].append({"bytes": (source / f"img{index}.png").read_bytes(), "path": None})
+        rows["tags"].append((source / f"img{index}.txt").read_text(encoding="utf-8").split(", "))
+    features = datasets.Features({"image": datasets.Image(), "tags": datasets.List(datasets.Value("string"))})
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / "train-00000.parquet"))
+    return folder
+
+
 def kind_script(kind: str) -> tuple[Path, list[str]]:
     """The script that trains `kind` and the flags that select it (`--kind K` for train_adapter.py)."""
     script, *flags = get_kind(kind).train_command.split()

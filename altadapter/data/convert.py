@@ -1,8 +1,9 @@
-"""Turn a folder of tagged images into an image-folder dataset: the images plus metadata.jsonl.
+"""Turn a folder (or a zip / tar) of tagged images into an image-folder dataset: the images plus metadata.jsonl.
 
 The output loads with `datasets.load_dataset("imagefolder", data_dir=output_dir)` and with `scan_dataset`.
 Images keep their relative paths (so equal stems in different folders stay apart) and their bytes: the
-reader converts every mode to RGB, and unchanged bytes keep the latent cache's content keys valid.
+reader converts every mode to RGB, and unchanged bytes keep the latent cache's content keys valid. Pictures
+of kohya's `N_concept` folders keep their N as a "repeats" field, which training honours.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,14 +20,18 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from altadapter.data.archives import ARCHIVE_SUFFIXES, extract_archive, is_archive
 from altadapter.data.records import METADATA_FILE, open_rgb
 from altadapter.data.tags import (
     IMAGE_EXTENSIONS,
+    KohyaFolder,
     TagFileError,
     TaggedImage,
     find_tagged_images,
     join_tags,
+    kohya_folder,
     read_tag_file,
+    split_tags,
 )
 from altadapter.errors import UserError
 from altadapter.fileio import atomic_replace_from, atomic_write, temp_path_beside
@@ -51,6 +57,7 @@ class ConversionSummary:
     removed_stale: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_names: dict[str, list[str]] = field(default_factory=dict)
+    kohya_folders: Counter[str] = field(default_factory=Counter)  # "10_alice" -> pictures converted from it
 
     def skip(self, reason: str, name: str) -> None:
         """Count one skipped file, remembering the first few names for each reason."""
@@ -74,6 +81,10 @@ class ConversionSummary:
         if self.removed_stale:
             lines.append(f"removed {self.removed_stale} images of an earlier run whose source is gone")
         lines.append(self.format_skipped() if self.skipped else "skipped 0 files")
+        if self.kohya_folders:
+            # Said out loud: a folder named like "2024_trip" is read as kohya's 2024 repeats too.
+            folders = ", ".join(f"{name} ({count})" for name, count in sorted(self.kohya_folders.items()))
+            lines.append(f"kohya N_concept folders, each picture repeated N times per epoch: {folders}")
         return "\n".join(lines)
 
 
@@ -82,6 +93,15 @@ class _Planned:
     source: Path
     file_name: str  # relative POSIX path, both inside the input and the output folder
     text: str
+    repeats: int  # of a kohya N_concept folder; 1 elsewhere
+
+    def metadata_line(self) -> str:
+        row = {"file_name": self.file_name, "text": self.text}
+        if (
+            self.repeats != 1
+        ):  # only kohya folders' pictures carry the field, so other outputs stay as they were
+            row["repeats"] = self.repeats
+        return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def convert_dataset(
@@ -93,9 +113,31 @@ def convert_dataset(
     strict: bool = False,
     progress: bool = True,
 ) -> ConversionSummary:
-    """Check every image and tag file in `image_dir`; copy (or hard-link) the good ones to `output_dir`."""
+    """Check every image and tag file in `image_dir` (a folder, or a zip / tar of one); copy (or hard-link)
+    the good ones to `output_dir`."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    _check_folders(image_dir, output_dir)
+    options = {"link": link, "underscores_to_spaces": underscores_to_spaces, "strict": strict}
+    if not is_archive(image_dir):
+        _check_folders(image_dir, output_dir)
+        return _convert_folder(image_dir, output_dir, shown=image_dir, progress=progress, **options)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Unpacked inside the output (one file system, so a hard link or copy stays local), removed after.
+    with tempfile.TemporaryDirectory(prefix=".unpacked-", dir=output_dir) as unpacked:
+        extract_archive(image_dir, Path(unpacked))
+        return _convert_folder(Path(unpacked), output_dir, shown=image_dir, progress=progress, **options)
+
+
+def _convert_folder(
+    image_dir: Path,
+    output_dir: Path,
+    *,
+    shown: Path,
+    link: bool,
+    underscores_to_spaces: bool,
+    strict: bool,
+    progress: bool,
+) -> ConversionSummary:
+    """`convert_dataset` of a folder; `shown` is what messages call the input (the archive it came from)."""
     summary = ConversionSummary(output_dir)
     planned = _plan(image_dir, summary, underscores_to_spaces=underscores_to_spaces, progress=progress)
     if strict and summary.skipped:
@@ -105,7 +147,7 @@ def convert_dataset(
     if not planned:
         skipped = f"\n{summary.format_skipped()}" if summary.skipped else ""
         raise ConversionError(
-            f"no image in {image_dir} could be converted (looked for {' '.join(IMAGE_EXTENSIONS)}){skipped}"
+            f"no image in {shown} could be converted (looked for {' '.join(IMAGE_EXTENSIONS)}){skipped}"
         )
     # tqdm's disable=None turns the bar off when stderr is not a terminal (logs, CI).
     for item in tqdm(
@@ -116,16 +158,15 @@ def convert_dataset(
     # Stale files go before the new metadata lands: a crash in between leaves a state a re-run repairs.
     summary.removed_stale = _remove_stale(output_dir, {item.file_name for item in planned})
     with atomic_write(output_dir / METADATA_FILE) as handle:
-        for item in planned:
-            handle.write(
-                json.dumps({"file_name": item.file_name, "text": item.text}, ensure_ascii=False) + "\n"
-            )
+        handle.writelines(item.metadata_line() for item in planned)
     return summary
 
 
 def _check_folders(image_dir: Path, output_dir: Path) -> None:
     if not image_dir.is_dir():
-        raise ConversionError(f"--image_dir {image_dir} is not a folder")
+        raise ConversionError(
+            f"--image_dir {image_dir} is not a folder or an archive ({' '.join(ARCHIVE_SUFFIXES)})"
+        )
     source, target = image_dir.resolve(), output_dir.resolve()
     # Writing into the input, or scanning our own output as input, would break "the input is never modified".
     if source == target or source in target.parents or target in source.parents:
@@ -142,20 +183,29 @@ def _plan(
         summary.skip("tag file without image", orphan.relative_to(image_dir).as_posix())
     planned = []
     for item in tqdm(scan.images, desc="checking", unit="image", disable=None if progress else True):
-        name = item.image.relative_to(image_dir).as_posix()
+        relative = item.image.relative_to(image_dir)
+        kohya = kohya_folder(relative)
         try:
-            tags = _read_tags(item, underscores_to_spaces=underscores_to_spaces)
+            tags = _read_tags(item, kohya, underscores_to_spaces=underscores_to_spaces)
             _verify_image(item.image)
         except _Skip as skip:
-            summary.skip(str(skip), name)
+            summary.skip(str(skip), relative.as_posix())
             continue
-        planned.append(_Planned(item.image, name, join_tags(tags)))
+        planned.append(
+            _Planned(item.image, relative.as_posix(), join_tags(tags), kohya.repeats if kohya else 1)
+        )
+        if kohya:
+            summary.kohya_folders[relative.parts[0]] += 1
     return planned
 
 
-def _read_tags(item: TaggedImage, *, underscores_to_spaces: bool) -> list[str]:
+def _read_tags(item: TaggedImage, kohya: KohyaFolder | None, *, underscores_to_spaces: bool) -> list[str]:
     if item.tag_file is None:
-        raise _Skip("no tag file")
+        # As kohya does, a picture of an N_concept folder without a tag file is captioned by the concept.
+        tags = split_tags(kohya.concept, underscores_to_spaces=underscores_to_spaces) if kohya else []
+        if not tags:
+            raise _Skip("no tag file")
+        return tags
     try:
         tags = read_tag_file(item.tag_file, underscores_to_spaces=underscores_to_spaces)
     except (OSError, TagFileError) as err:

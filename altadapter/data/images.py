@@ -1,4 +1,4 @@
-"""Training images as the VAE takes them: shorter side resized, centre-cropped, in [-1, 1]; a content key."""
+"""Training images as the VAE takes them: resized to cover a size, centre-cropped, in [-1, 1]; a content key."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
-from altadapter.data.records import DatasetError, open_rgb
+from altadapter.data.records import DatasetError, ImageSource, image_input, open_rgb
+
+Size = tuple[int, int]  # (width, height) in pixels, as Pillow orders them
+# EXIF orientations that turn the picture a quarter: its stored width is the height it is shown at.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def check_resolution(resolution: int, name: str = "resolution") -> None:
@@ -19,38 +23,55 @@ def check_resolution(resolution: int, name: str = "resolution") -> None:
         raise ValueError(f"{name} {resolution}: must be a positive multiple of 8 (the VAE downsamples by 8)")
 
 
+def resize_to_cover(image: Image.Image, size: Size) -> Image.Image:
+    """Resize (Lanczos), keeping the aspect ratio, to the smallest size that covers `size`."""
+    scale = max(size[0] / image.width, size[1] / image.height)
+    target = (max(size[0], round(image.width * scale)), max(size[1], round(image.height * scale)))
+    return image.resize(target, Image.Resampling.LANCZOS)
+
+
 def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
     """Resize (Lanczos) so the shorter side is `resolution`, keeping the aspect ratio."""
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
+    return resize_to_cover(image, (resolution, resolution))
 
 
-def _crop_to_tensor(image: Image.Image, left: int, top: int, resolution: int, flip: bool) -> torch.Tensor:
-    image = image.crop((left, top, left + resolution, top + resolution))
-    if flip:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, R, R)
-    return pixels.float() / 127.5 - 1.0
+def image_size(source: str | os.PathLike | ImageSource) -> Size:
+    """(width, height) a picture is shown at (EXIF rotation applied), from its header alone."""
+    with Image.open(image_input(source)) as image:
+        width, height = image.size
+        turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    return (height, width) if turned else (width, height)
 
 
-def _open_for_training(path: Path, resolution: int) -> Image.Image:
+def _open_for_training(source: Path | ImageSource, size: Size) -> Image.Image:
     try:
-        return resize_shorter_side(open_rgb(path), resolution)
+        return resize_to_cover(open_rgb(source), size)
     except (
         Exception
     ) as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad data
         raise DatasetError(
-            f"cannot read image {path}: {err}; meta_file_converter.py skips such files"
+            f"cannot read image {source}: {err}; meta_file_converter.py skips such files"
         ) from err
 
 
-def load_image_tensor(path: str | os.PathLike, resolution: int, *, flip: bool = False) -> torch.Tensor:
-    """Deterministic (3, R, R) tensor in [-1, 1]: shorter side resized to R, center crop, optional h-flip."""
-    check_resolution(resolution)
-    image = _open_for_training(Path(path), resolution)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    return _crop_to_tensor(image, left, top, resolution, flip)
+def load_image_tensor(
+    source: str | os.PathLike | ImageSource, size: int | Size, *, flip: bool = False
+) -> torch.Tensor:
+    """Deterministic (3, H, W) tensor in [-1, 1]: resized to cover `size` (an int: a square), centre crop,
+    optional h-flip."""
+    if isinstance(size, int):
+        check_resolution(size)
+        size = (size, size)
+    for side, name in zip(size, ("width", "height"), strict=True):
+        check_resolution(side, name)
+    width, height = size
+    image = _open_for_training(Path(source) if isinstance(source, str) else source, (width, height))
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
+    return pixels.float() / 127.5 - 1.0
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -60,3 +81,10 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_digest(source: str | os.PathLike | ImageSource) -> str:
+    """`file_digest` of a picture wherever its bytes are: the same picture in a folder or a dataset, one key."""
+    if isinstance(source, str | os.PathLike):
+        return file_digest(source)
+    return hashlib.sha256(source.read_bytes()).hexdigest()

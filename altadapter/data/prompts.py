@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from altadapter.data.records import scan_dataset
+from altadapter.data.records import Record, scan_dataset
 from altadapter.data.tags import join_tags, split_tags
 from altadapter.fileio import atomic_write
 
@@ -37,9 +37,14 @@ class TagVocabulary:
         return cls(counts, num_captions)
 
     @classmethod
+    def from_records(cls, records: Iterable[Record]) -> TagVocabulary:
+        """Count tags over every caption of every record (each of a record's alternative captions too)."""
+        return cls.from_captions(caption for record in records for caption in record.captions)
+
+    @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike) -> TagVocabulary:
         """Count tags of a converted dataset (metadata.jsonl) or of a plain image + tag-file folder."""
-        return cls.from_captions(record.caption for record in scan_dataset(data_dir))
+        return cls.from_records(scan_dataset(data_dir))
 
     def __len__(self) -> int:
         return len(self.counts)

@@ -1,21 +1,30 @@
-"""Dataset records: (image path, caption) pairs from metadata.jsonl or a plain image + tag folder.
+"""Dataset records: (image, caption) pairs from metadata.jsonl or a plain image + tag folder.
 
 Free of torch, so the data scripts (meta_file_converter.py, prompts_generator.py) start quickly.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from altadapter.data.tags import TagFileError, find_tagged_images, join_tags, read_tag_file
+from altadapter.data.tags import (
+    TagFileError,
+    find_tagged_images,
+    join_tags,
+    kohya_folder,
+    read_tag_file,
+    split_tags,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +36,29 @@ class DatasetError(ValueError):
     """A dataset folder that cannot be read, with what to do about it."""
 
 
+class ImageSource(Protocol):
+    """Where a picture's bytes come from: a `Path`, or a row of a `datasets` table (`DatasetImage`)."""
+
+    def read_bytes(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Record:
-    """One training example: an image file and its caption."""
+    """One training example: a picture, its caption(s) and how often an epoch shows it."""
 
-    image_path: Path
-    caption: str
+    image: Path | ImageSource
+    caption: str  # the caption; of a dataset's list of captions, the first
+    other_captions: tuple[str, ...] = ()  # the rest of such a list: each step draws one of all
+    repeats: int = 1  # kohya's N_concept folders: the picture is seen N times per epoch
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        return (self.caption, *self.other_captions)
 
 
 def scan_dataset(data_dir: str | os.PathLike) -> list[Record]:
-    """Records from `data_dir/metadata.jsonl`, or from image + sidecar tag files when there is no metadata."""
+    """Records from `data_dir/metadata.jsonl` (its optional "repeats" kept), or from image + sidecar tag files
+    when there is no metadata (pictures of kohya's N_concept folders repeated N times)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"dataset folder {data_dir} does not exist; {_CONVERT_HINT}")
@@ -63,6 +85,11 @@ def _read_metadata(data_dir: Path) -> list[Record]:
                 raise DatasetError(f"{where}: not valid JSON ({err.msg}); {_CONVERT_HINT}") from err
             if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or "text" not in row:
                 raise DatasetError(f'{where}: each line needs "file_name" and "text"; {_CONVERT_HINT}')
+            repeats = row.get("repeats", 1)
+            if type(repeats) is not int or repeats < 1:
+                raise DatasetError(
+                    f'{where}: "repeats" must be a whole number of at least 1, got {repeats!r}'
+                )
             relative = Path(row["file_name"])
             if relative.is_absolute() or ".." in relative.parts:
                 raise DatasetError(
@@ -71,7 +98,7 @@ def _read_metadata(data_dir: Path) -> list[Record]:
             image_path = data_dir / relative
             if not image_path.is_file():
                 raise DatasetError(f"{where}: {image_path} is missing; re-run meta_file_converter.py")
-            records.append(Record(image_path, str(row["text"])))
+            records.append(Record(image_path, str(row["text"]), repeats=repeats))
     return records
 
 
@@ -79,18 +106,20 @@ def _read_tagged_folder(data_dir: Path) -> list[Record]:
     records = []
     skipped: Counter[str] = Counter()
     for item in find_tagged_images(data_dir).images:
-        if item.tag_file is None:
+        kohya = kohya_folder(item.image.relative_to(data_dir))
+        if item.tag_file is None and kohya is None:
             skipped["no tag file"] += 1
             continue
         try:
-            tags = read_tag_file(item.tag_file)
+            # As kohya does, a picture of an N_concept folder without a tag file is captioned by the concept.
+            tags = read_tag_file(item.tag_file) if item.tag_file else split_tags(kohya.concept)
         except (OSError, TagFileError):
             skipped["unreadable tag file"] += 1
             continue
         if not tags:
             skipped["empty tag file"] += 1
             continue
-        records.append(Record(item.image, join_tags(tags)))
+        records.append(Record(item.image, join_tags(tags), repeats=kohya.repeats if kohya else 1))
     if skipped:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
         logger.warning(
@@ -101,9 +130,14 @@ def _read_tagged_folder(data_dir: Path) -> list[Record]:
     return records
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
+def image_input(image: str | os.PathLike | ImageSource) -> str | os.PathLike | IO[bytes]:
+    """What Pillow opens for a picture: a file path as it is, anything else through its bytes."""
+    return image if isinstance(image, str | os.PathLike) else io.BytesIO(image.read_bytes())
+
+
+def open_rgb(source: str | os.PathLike | ImageSource) -> Image.Image:
     """Decode an image fully as 8-bit RGB: EXIF rotation applied, 16-bit scaled, transparency over white."""
-    with Image.open(path) as image:
+    with Image.open(image_input(source)) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):

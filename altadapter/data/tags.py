@@ -1,17 +1,22 @@
-"""Danbooru-style tags: captions split by the one normaliser (`altadapter.data.tag_text`), tag files, sidecars."""
+"""Danbooru-style tags: captions split by the one normaliser (`altadapter.data.tag_text`), tag files, sidecars,
+and kohya's `N_concept` folders."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from altadapter.data.tag_text import SEPARATORS, normalise_tag
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Order is preference: an image with both `name.txt` and `name.caption` takes `name.txt`.
 TAG_EXTENSIONS = (".txt", ".caption")
+# kohya's sd-scripts train on `train_data_dir/N_concept/`: N repeats of each picture per epoch; the concept's
+# words caption a picture that has no tag file.
+KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
 
 class TagFileError(ValueError):
@@ -47,6 +52,12 @@ def split_tags(text: str, *, underscores_to_spaces: bool = False) -> list[str]:
     return tags
 
 
+def tags_caption(tags: Iterable[str], *, underscores_to_spaces: bool = False) -> str:
+    """One caption from a list of tags (a dataset's tag column): each normalised, empty ones and repeats dropped."""
+    normalised = (normalise_tag(raw, underscores_to_spaces=underscores_to_spaces) for raw in tags)
+    return join_tags(dict.fromkeys(tag for tag in normalised if tag))
+
+
 def join_tags(tags: Iterable[str]) -> str:
     """The caption text written into metadata.jsonl: tags joined with ", "."""
     return ", ".join(tags)
@@ -62,6 +73,22 @@ def read_tag_file(path: str | os.PathLike, *, underscores_to_spaces: bool = Fals
             f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8"
         ) from err
     return split_tags(text, underscores_to_spaces=underscores_to_spaces)
+
+
+@dataclass(frozen=True)
+class KohyaFolder:
+    """kohya's `N_concept` folder: each picture in it is seen `repeats` times per epoch."""
+
+    repeats: int
+    concept: str
+
+
+def kohya_folder(relative: PurePath) -> KohyaFolder | None:
+    """The kohya folder a picture sits in (the first folder of its path under the dataset root), or None."""
+    match = KOHYA_FOLDER.match(relative.parts[0]) if len(relative.parts) > 1 else None
+    if match is None or int(match[1]) < 1:
+        return None
+    return KohyaFolder(int(match[1]), match[2])
 
 
 def find_tagged_images(root: str | os.PathLike) -> FolderScan:

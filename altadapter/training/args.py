@@ -12,18 +12,27 @@ from collections.abc import Sequence
 
 from altadapter.adapters import get_kind, kind_names
 from altadapter.cli_args import add_model_args, add_verbose_arg
+from altadapter.data.sources import add_source_args
+
+# Why the caption flags cost the MLP its caption cache, said in each one's help.
+_ON_THE_FLY = "; the MLP's encoder outputs are then computed every step instead of cached"
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """The dataset, its resolution and caches, the held-out part."""
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data_dir",
-        "--train_data_dir",
-        required=True,
-        help="dataset folder from meta_file_converter.py (metadata.jsonl), or a folder of images + tag .txt",
+    add_source_args(
+        data,
+        "dataset folder from meta_file_converter.py (metadata.jsonl), or a folder of images + tag .txt "
+        "(kohya's N_concept folders repeat their pictures N times per epoch)",
     )
-    data.add_argument("--resolution", type=int, default=512, help="training size in pixels (multiple of 8)")
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="training size in pixels (multiple of 8): square crops, or with --enable_bucket buckets of "
+        "about RESOLUTION² pixels",
+    )
     data.add_argument(
         "--random_flip", action="store_true", help="flip images horizontally at random (both are cached)"
     )
@@ -40,6 +49,57 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="fraction of the images held out for the validation loss (0 = none unless --validation_dir)",
     )
     data.add_argument("--validation_dir", default=None, help="a separate held-out dataset folder")
+
+
+def add_caption_args(parser: argparse.ArgumentParser) -> None:
+    """kohya's caption conventions, drawn from each micro-step's seeded generator."""
+    tags = parser.add_argument_group("captions (kohya's flags; each step's draws follow --seed)")
+    tags.add_argument(
+        "--shuffle_caption", action="store_true", help="shuffle a caption's tags every step" + _ON_THE_FLY
+    )
+    tags.add_argument(
+        "--keep_tokens",
+        type=int,
+        default=0,
+        help="keep the first N tags in place: never shuffled or dropped (a trigger word, '1girl, solo')",
+    )
+    tags.add_argument("--caption_separator", default=",", help="what separates the tags of a caption")
+    tags.add_argument(
+        "--caption_tag_dropout_rate",
+        type=float,
+        default=0.0,
+        help="drop each tag (but the kept ones) with this probability every step" + _ON_THE_FLY,
+    )
+    tags.add_argument(
+        "--caption_dropout_rate",
+        type=float,
+        default=0.0,
+        help="train on the empty caption instead with this probability" + _ON_THE_FLY,
+    )
+
+
+def add_bucket_args(parser: argparse.ArgumentParser) -> None:
+    """kohya's aspect-ratio buckets."""
+    buckets = parser.add_argument_group("aspect-ratio buckets (kohya's flags)")
+    buckets.add_argument(
+        "--enable_bucket",
+        action="store_true",
+        help="train each picture at the bucket nearest its aspect (about RESOLUTION² pixels, cached once at "
+        "that size), every batch from one bucket, instead of a square centre crop",
+    )
+    buckets.add_argument(
+        "--min_bucket_reso", type=int, default=None, help="shortest bucket side (unset: RESOLUTION / 2)"
+    )
+    buckets.add_argument(
+        "--max_bucket_reso", type=int, default=None, help="longest bucket side (unset: 2 x RESOLUTION)"
+    )
+    buckets.add_argument(
+        "--bucket_reso_steps",
+        type=int,
+        default=None,
+        help="bucket sides are multiples of this (unset: RESOLUTION / 8 rounded up to a multiple of 8: "
+        "kohya's 256, 1024 and 64 at 512)",
+    )
 
 
 def add_output_args(parser: argparse.ArgumentParser, default_name: str | None) -> None:
@@ -185,6 +245,8 @@ def build_parser(kind: str | None, description: str, *, kind_flag: bool = False)
     adapter_kind = get_kind(kind) if kind else None
     add_model_args(parser)
     add_data_args(parser)
+    add_caption_args(parser)
+    add_bucket_args(parser)
     add_output_args(parser, adapter_kind.default_run_name if adapter_kind else None)
     add_optim_args(parser, adapter_kind.default_learning_rate if adapter_kind else None)
     add_precision_args(parser)

@@ -3,6 +3,8 @@
 What is fixed is computed once: for a kind that acts on the encoder's output (the MLP), the encoder's
 output per caption (`training.caches.build_text_cache`), so the encoder never runs in the loop; for the
 others, the token ids (with the vocab adapter's placeholders), since the encoder must run every step.
+A text the caches do not hold (a shuffled caption, one with dropped tags) is encoded or tokenized when a
+step needs it, the same way, and not kept: the shuffles of a dataset's captions are too many to hold.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Conditioner:
     ) -> None:
         self.kind = kind
         self.base = base
+        self.adapter_config = adapter.config
         self.positions_before_text = kind.positions_before_text(adapter.config)
         self.preserve_batch = preserve.preserve_batch_size if preserve.preserve_weight > 0 else 0
         self.preserve_prompts = (
@@ -47,20 +50,27 @@ class Conditioner:
         cached = [*captions, *self.preserve_prompts] if kind.acts_on_output else self.preserve_prompts
         self.originals = build_text_cache(base, cached, progress=progress)
         self.tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if not kind.acts_on_output:
-            unique = list(dict.fromkeys([*captions, *self.preserve_prompts]))
+        unique = list(dict.fromkeys([*captions, *self.preserve_prompts]))
+        if not kind.acts_on_output and unique:  # none: every caption changes per step, nothing to hold
             ids, mask = kind.tokenize(base, unique, adapter.config)
             self.tokens = {caption: (ids[i], mask[i]) for i, caption in enumerate(unique)}
 
     def stack_tokens(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-computed token ids and masks (B, T) of captions, for the adapters that enter the encoder."""
-        ids = torch.stack([self.tokens[c][0] for c in captions])
-        mask = torch.stack([self.tokens[c][1] for c in captions])
-        return ids, mask
+        """Token ids and masks (B, T) of captions, for the adapters that enter the encoder."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self.tokens]
+        fresh = {}
+        if missing:
+            ids, mask = self.kind.tokenize(self.base, missing, self.adapter_config, warn=False)
+            fresh = {caption: (ids[i], mask[i]) for i, caption in enumerate(missing)}
+        rows = [self.tokens[c] if c in self.tokens else fresh[c] for c in captions]
+        return torch.stack([ids for ids, _ in rows]), torch.stack([mask for _, mask in rows])
 
     def stack_originals(self, captions: Sequence[str]) -> torch.Tensor:
-        """Cached original conditioning (B, L, D) of captions, on the base's device."""
-        return torch.stack([self.originals[c] for c in captions]).to(self.base.device)
+        """Original conditioning (B, L, D) of captions, on the base's device."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self.originals]
+        fresh = build_text_cache(self.base, missing, progress=False) if missing else {}
+        rows = [self.originals[c] if c in self.originals else fresh[c] for c in captions]
+        return torch.stack(rows).to(self.base.device)
 
     def original(self, captions: Sequence[str]) -> torch.Tensor:
         """Conditioning (B, L, D) of captions as the original model has it."""

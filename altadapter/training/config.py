@@ -14,7 +14,9 @@ from typing import Any
 
 from altadapter.adapters import get_kind
 from altadapter.adapters.kind import AdapterKind
-from altadapter.data.images import check_resolution
+from altadapter.data.buckets import BucketRange
+from altadapter.data.images import Size, check_resolution
+from altadapter.data.sources import DataSource
 
 
 def _from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -28,9 +30,8 @@ def _check_file(flag: str, value: str | None) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What to train on: a dataset folder, its pictures' size, the held-out part."""
+    """What becomes of the pictures (the source is a `DataSource`): their size, caches, the held-out part."""
 
-    data_dir: str
     resolution: int
     random_flip: bool
     cache_dir: str | None
@@ -39,12 +40,63 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_resolution(self.resolution, "--resolution")
-        if not Path(self.data_dir).is_dir():
-            raise ValueError(f"--data_dir {self.data_dir}: no such folder; run meta_file_converter.py first")
         if self.validation_dir is not None and not Path(self.validation_dir).is_dir():
             raise ValueError(f"--validation_dir {self.validation_dir}: no such folder")
         if not 0.0 <= self.validation_split < 1.0:
             raise ValueError(f"--validation_split {self.validation_split}: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """kohya's caption conventions, drawn per micro-step: tag shuffling, tag and caption dropout."""
+
+    shuffle_caption: bool
+    keep_tokens: int
+    caption_separator: str
+    caption_tag_dropout_rate: float
+    caption_dropout_rate: float
+
+    def __post_init__(self) -> None:
+        if self.keep_tokens < 0:
+            raise ValueError(f"--keep_tokens must be at least 0, got {self.keep_tokens}")
+        if not self.caption_separator:
+            raise ValueError("--caption_separator must not be empty")
+        for name in ("caption_tag_dropout_rate", "caption_dropout_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be in [0, 1]")
+
+    @property
+    def changes_captions(self) -> bool:
+        """Whether a step may train on another text than a record's caption (then no caption cache holds it)."""
+        return self.shuffle_caption or self.caption_tag_dropout_rate > 0 or self.caption_dropout_rate > 0
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """kohya's aspect-ratio buckets: pictures of about resolution² pixels at their own aspect."""
+
+    resolution: int
+    enable_bucket: bool
+    min_bucket_reso: int | None
+    max_bucket_reso: int | None
+    bucket_reso_steps: int | None
+
+    def __post_init__(self) -> None:
+        if not self.enable_bucket:
+            for name in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"--{name} takes effect only with --enable_bucket; add it or drop --{name}"
+                    )
+        self.sizes()  # a range without a bucket fails here, before the base loads
+
+    def sizes(self) -> list[Size] | None:
+        """The buckets (width, height), or None without --enable_bucket (square crops at --resolution)."""
+        if not self.enable_bucket:
+            return None
+        return BucketRange.scaled(
+            self.resolution, self.min_bucket_reso, self.max_bucket_reso, self.bucket_reso_steps
+        ).sizes()
 
 
 @dataclass(frozen=True)
@@ -131,7 +183,10 @@ class TrainingConfig:
     kind: str
     model_path: str
     allow_other_base: bool
+    source: DataSource
     data: DataConfig
+    captions: CaptionConfig
+    buckets: BucketConfig
     output: OutputConfig
     optim: OptimConfig
     precision: PrecisionConfig
@@ -147,7 +202,10 @@ class TrainingConfig:
             kind=kind,
             model_path=str(args.model_path),
             allow_other_base=args.allow_other_base,
+            source=_from_args(DataSource, args),
             data=_from_args(DataConfig, args),
+            captions=_from_args(CaptionConfig, args),
+            buckets=_from_args(BucketConfig, args),
             output=_from_args(OutputConfig, args),
             optim=_from_args(OptimConfig, args),
             precision=_from_args(PrecisionConfig, args),
@@ -163,7 +221,8 @@ class TrainingConfig:
     def flags(self) -> dict[str, Any]:
         """The run's flags as one flat dict (flag name -> value), as adapter files and trackers record them."""
         flat: dict[str, Any] = {"kind": self.kind, "model_path": self.model_path}
-        for group in (self.data, self.output, self.optim, self.precision, self.validation, self.preserve):
+        groups = (self.source, self.data, self.captions, self.buckets, self.output, self.optim)
+        for group in (*groups, self.precision, self.validation, self.preserve):
             flat.update(asdict(group))
         flat.update(asdict(self.adapter))
         return flat

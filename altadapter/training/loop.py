@@ -24,7 +24,6 @@ from altadapter.adapter_io import save_adapter
 from altadapter.errors import UserError
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
-from altadapter.training.batches import draw_micro_batch
 from altadapter.training.checkpoints import (
     save_checkpoint,
 )
@@ -71,15 +70,7 @@ def train(config: TrainingConfig) -> Path:
 def training_step(run: Run, micro_step: int) -> torch.Tensor:
     """Forward and backward of one micro-batch; the optimizer steps when accelerate says gradients sync."""
     optim, accelerator = run.config.optim, run.accelerator
-    batch = draw_micro_batch(
-        optim,
-        run.config.data.random_flip,
-        run.cache,
-        micro_step,
-        accelerator.process_index,
-        accelerator.num_processes,
-        run.noise_scheduler.config.num_train_timesteps,
-    )
+    batch = run.batches.draw(micro_step, accelerator.process_index, accelerator.num_processes)
     conditioning, penalty = run.conditioner.tuned_with_penalty(run.adapter, batch.captions, batch.generator)
     loss = diffusion_loss(
         run.base,

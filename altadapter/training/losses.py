@@ -61,14 +61,15 @@ def validation_loss(
     """Held-out denoising loss at fixed timesteps with fixed noise: comparable across runs and adapters.
 
     `encode` turns captions into conditioning (B, L, D): the original model's, or through an adapter.
+    Batches hold pictures of one size (one bucket) at a time.
     """
     total, count = 0.0, 0
     steps = noise_scheduler.config.num_train_timesteps
     timesteps = torch.linspace(steps * 0.05, steps * 0.95, VALIDATION_TIMESTEPS).long()
     captions = [record.caption for record in cache.records]
-    pairs = [(i, t) for i in range(len(captions)) for t in timesteps.tolist()]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
+    pairs_per_size = [[(i, t) for i in group for t in timesteps.tolist()] for group in cache.groups()]
+    chunks = [pairs[s : s + batch_size] for pairs in pairs_per_size for s in range(0, len(pairs), batch_size)]
+    for chunk in chunks:
         indices = torch.tensor([i for i, _ in chunk])
         latents = cache.mean(indices).to(base.device, base.dtype)
         noise = torch.stack(

@@ -22,7 +22,7 @@ from altadapter.adapters.kind import config_dict
 from altadapter.data.prompts import read_prompts
 from altadapter.data.records import Record, scan_dataset
 from altadapter.model import AltDiffusionBase, load_base
-from altadapter.training.batches import split_records
+from altadapter.training.batches import BatchOrder, MicroBatches, split_records
 from altadapter.training.caches import LatentCache, build_latent_cache
 from altadapter.training.checkpoints import (
     check_checkpoint_base,
@@ -50,6 +50,7 @@ class Run:
     noise_scheduler: object
     cache: LatentCache
     val_cache: LatentCache | None
+    batches: MicroBatches
     conditioner: Conditioner
     run_dir: Path
     sample_prompts: list[str]
@@ -92,10 +93,7 @@ def setup_run(config: TrainingConfig) -> Run:
         if (config.validation.validation_prompts)
         else []
     )
-    records = scan_dataset(config.data.data_dir)
-    train_records, val_records = split_records(records, config.data.validation_split, config.optim.seed)
-    if config.data.validation_dir:
-        val_records = scan_dataset(config.data.validation_dir)
+    train_records, val_records = load_records(config, accelerator)
 
     # The base runs in whatever accelerate actually runs with, e.g. `accelerate launch --mixed_precision fp16`.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
@@ -103,7 +101,8 @@ def setup_run(config: TrainingConfig) -> Run:
     )
     base = load_base(config.model_path, device=accelerator.device, dtype=weight_dtype)
     torch.manual_seed(config.optim.seed)
-    adapter = kind.build(config.adapter, base, [r.caption for r in train_records], config.optim.seed)
+    train_captions = [caption for record in train_records for caption in record.captions]
+    adapter = kind.build(config.adapter, base, train_captions, config.optim.seed)
     if resume:
         check_checkpoint_kind(resume, resume_info, kind.name, config_dict(adapter))
         check_checkpoint_base(
@@ -113,9 +112,13 @@ def setup_run(config: TrainingConfig) -> Run:
         base.unet.enable_gradient_checkpointing()
 
     cache, val_cache = build_caches(config, accelerator, base, train_records, val_records)
-    all_captions = [r.caption for r in cache.records + (val_cache.records if val_cache else [])]
     conditioner = Conditioner(
-        kind, base, adapter, all_captions, config.preserve, progress=accelerator.is_local_main_process
+        kind,
+        base,
+        adapter,
+        fixed_captions(config, cache, val_cache),
+        config.preserve,
+        progress=accelerator.is_local_main_process,
     )
     prepared, optimizer, lr_scheduler = prepare_optimization(config.optim, accelerator, adapter)
     noise_scheduler = base.noise_scheduler()
@@ -130,6 +133,7 @@ def setup_run(config: TrainingConfig) -> Run:
         noise_scheduler=noise_scheduler,
         cache=cache,
         val_cache=val_cache,
+        batches=micro_batches(config, cache, noise_scheduler.config.num_train_timesteps),
         conditioner=conditioner,
         run_dir=run_dir,
         sample_prompts=sample_prompts,
@@ -145,6 +149,33 @@ def setup_run(config: TrainingConfig) -> Run:
         run.step, run.last_checkpoint = resume_info["step"], resume
         logger.info("resumed from %s at step %d", resume, run.step)
     return run
+
+
+def load_records(config: TrainingConfig, accelerator: Accelerator) -> tuple[list[Record], list[Record]]:
+    """The training and held-out records: --validation_split of the source, or --validation_dir."""
+    with accelerator.main_process_first():  # `datasets` prepares a source once, the others then read it
+        records = config.source.load()
+    train_records, val_records = split_records(records, config.data.validation_split, config.optim.seed)
+    if config.data.validation_dir:
+        val_records = scan_dataset(config.data.validation_dir)
+    shown = sum(record.repeats for record in train_records)
+    if shown != len(train_records) and accelerator.is_main_process:
+        logger.info("kohya repeats: an epoch shows %d pictures of %d records", shown, len(train_records))
+    return train_records, val_records
+
+
+def micro_batches(config: TrainingConfig, cache: LatentCache, num_train_timesteps: int) -> MicroBatches:
+    """What each micro-step draws from the cache, in batches of one bucket each with --enable_bucket."""
+    order = BatchOrder(
+        cache.records,
+        cache.groups(),
+        config.optim.batch_size,
+        config.optim.seed,
+        bucketed=config.buckets.enable_bucket,
+    )
+    return MicroBatches(
+        cache, order, config.optim, config.captions, config.data.random_flip, num_train_timesteps
+    )
 
 
 def make_accelerator(config: TrainingConfig) -> Accelerator:
@@ -179,6 +210,7 @@ def build_caches(
         build_latent_cache,
         base,
         resolution=config.data.resolution,
+        buckets=config.buckets.sizes(),
         cache_dir=config.data.cache_dir,
         write=accelerator.is_main_process,
         progress=accelerator.is_local_main_process,
@@ -186,7 +218,26 @@ def build_caches(
     with accelerator.main_process_first():  # the others then read the main process's entries
         cache = build(train_records, random_flip=config.data.random_flip)
         val_cache = build(val_records, random_flip=False) if val_records else None
+    if config.buckets.enable_bucket and accelerator.is_main_process:
+        logger.info("aspect-ratio buckets (width x height: training pictures): %s", bucket_counts(cache))
     return cache, val_cache
+
+
+def bucket_counts(cache: LatentCache) -> str:
+    """How many training records each bucket holds, each counted once per repeat, as an epoch shows them."""
+    return ", ".join(
+        f"{width}x{height}: {sum(cache.records[i].repeats for i in group)}"
+        for (width, height), group in zip(cache.sizes, cache.groups(), strict=True)
+    )
+
+
+def fixed_captions(config: TrainingConfig, cache: LatentCache, val_cache: LatentCache | None) -> list[str]:
+    """The captions a run's conditioning caches hold: the held-out ones, and the training ones unless
+    the caption flags make a step's text new (then those are encoded when a step needs them)."""
+    held_out = [record.caption for record in val_cache.records] if val_cache else []
+    if config.captions.changes_captions:
+        return held_out
+    return [caption for record in cache.records for caption in record.captions] + held_out
 
 
 def prepare_optimization(

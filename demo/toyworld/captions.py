@@ -159,6 +159,20 @@ def domain_prompts(n: int, seed: int, *, num_tags: int | tuple[int, int]) -> lis
     return [Prompt(domain_caption(attrs, rng, num_tags), attrs) for attrs in balanced_attributes(n, rng)]
 
 
+def picture_sizes(
+    count: int, size: int, nonsquare_share: float, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """(width, height) of each of `count` pictures: squares of `size`, but for a `nonsquare_share` of them,
+    drawn at random, a 2:1 or 1:2 rectangle with `size` as its shorter side. Nothing is drawn from `rng`
+    when the share is 0, so an all-square domain is the one it always was."""
+    if nonsquare_share == 0:
+        return [(size, size)] * count
+    shapes = [(size, size), (2 * size, size), (size, 2 * size)]
+    nonsquare = rng.random(count) < nonsquare_share
+    tall = rng.integers(0, 2, count)
+    return [shapes[1 + int(t)] if n else shapes[0] for n, t in zip(nonsquare, tall, strict=True)]
+
+
 def make_domain_dataset(
     out_dir: str | os.PathLike,
     n_train: int,
@@ -167,9 +181,11 @@ def make_domain_dataset(
     *,
     size: int = 32,
     num_tags: int | tuple[int, int] = TRAIN_NUM_TAGS,
+    nonsquare_share: float = 0.0,
 ) -> dict[str, Path]:
     """Write `train/` and `heldout/`: NNNNN.png + NNNNN.txt (comma-separated tags), as the write-up's data.
 
+    A `nonsquare_share` of the pictures are 2:1 or 1:2 (see `picture_sizes`), for aspect-ratio buckets.
     Each split also gets attributes.json ({stem: {"fg", "bg", "shape"}}), which the tools ignore.
     Returns {"train": path, "heldout": path}.
     """
@@ -179,7 +195,13 @@ def make_domain_dataset(
         folder = Path(out_dir) / split
         folder.mkdir(parents=True, exist_ok=True)
         attrs_list = balanced_attributes(count, rng)
-        images = render_batch(attrs_list, size, rng).numpy() if count else []
+        sizes = picture_sizes(count, size, nonsquare_share, rng)
+        images: list[np.ndarray] = [np.empty(0)] * count
+        for shape in dict.fromkeys(sizes):  # one batch per picture size, in order of first appearance
+            indices = [i for i, s in enumerate(sizes) if s == shape]
+            rendered = render_batch([attrs_list[i] for i in indices], shape, rng).numpy()
+            for i, pixels in zip(indices, rendered, strict=True):
+                images[i] = pixels
         records = {}
         for index, (attrs, pixels) in enumerate(zip(attrs_list, images, strict=True)):
             stem = f"{index:05d}"

@@ -75,6 +75,7 @@ def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
                 *("--num_train", str(config.num_train)),
                 *("--num_heldout", str(config.num_heldout)),
                 *("--num_prompts", str(config.eval_prompts)),
+                *("--nonsquare_share", str(config.nonsquare_share)),
                 *("--seed", str(config.seed)),
             ],
         )
@@ -138,6 +139,10 @@ def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: 
             *("--preserve_weight", str(config.preserve_weight)),
             *("--preserve_prompts", str(paths.preserve_prompts)),
         ]
+    if config.enable_bucket:
+        argv.append("--enable_bucket")
+    if kind == "mlp" and config.mlp_caption_tag_dropout_rate > 0:
+        argv += ["--caption_tag_dropout_rate", str(config.mlp_caption_tag_dropout_rate)]
     return Command(f"train_{model}", "train", argv)
 
 
@@ -201,6 +206,8 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
         seed=config.seed,
         scheduler="ddim",
         max_batch=16,
+        height=config.eval_height,
+        width=config.eval_width,
     )
     measured = evaluation.evaluate_models(
         config.model_path,

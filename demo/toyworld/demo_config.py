@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from altadapter.data.images import check_resolution
 from toyworld.base_config import ToyBaseConfig
 
 TOY_BASE = ToyBaseConfig()  # the toy base samples with DDIM at this guidance scale
@@ -29,6 +30,7 @@ PROMPT_SETS = {
 }
 RUN_NAMES = {"mlp": "toy-mlp", "prompt": "toy-prompt", "vocab": "toy-vocab", "lora": "toy-lora"}
 SHEET_PROMPTS = 12  # prompts per evaluation sample sheet
+SHARES = ("nonsquare_share", "mlp_caption_tag_dropout_rate")  # fractions in [0, 1): 0 turns them off
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,18 @@ class DemoConfig:
     num_prompts: int = 16
     num_tags: int = 64  # more than the toy domain has (41), so every tag of the dataset gets its vector
     rank: int = 4
+    # A quarter of the toy domain's pictures are 2:1 or 1:2, and every run trains them in aspect-ratio
+    # buckets (--enable_bucket) rather than square crops; 0 and False give the all-square demo.
+    nonsquare_share: float = 0.25
+    enable_bucket: bool = True
+    mlp_caption_tag_dropout_rate: float = 0.0  # the MLP runs' --caption_tag_dropout_rate
     preserve_weight: float = 1.0
     preserve_prompts: int = 180  # base-world prompts for the penalty, none of them among the evaluation's
     eval_prompts: int = 90  # prompts per evaluation set: one per attribute combination
     eval_images: int = 1  # pictures per evaluation prompt and model
     eval_steps: int = 20
+    eval_width: int | None = None  # of the evaluation pictures; None: the base's own size
+    eval_height: int | None = None
     guidance_scale: float = TOY_BASE.guidance_scale
     loss_images: int = 45  # base-world held-out pictures for the out-of-domain loss
     jobs: int = 2  # commands run side by side
@@ -71,10 +80,20 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+            if name in SHARES:
+                if not 0 <= value < 1:
+                    raise ValueError(f"{name} must be in [0, 1), got {value}")
+            elif isinstance(value, float) and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-            if isinstance(value, int) and value < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be at least {0 if name == 'seed' else 1}, got {value}")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                least = 0 if name == "seed" else 1
+                if value < least:
+                    raise ValueError(f"{name} must be at least {least}, got {value}")
+        if (self.eval_width is None) != (self.eval_height is None):
+            raise ValueError("eval_width and eval_height: give both or neither")
+        for name in ("eval_width", "eval_height"):
+            if getattr(self, name) is not None:
+                check_resolution(getattr(self, name), name)
 
 
 # The --smoke sizes: every stage and artefact, seconds of compute (the end-to-end test runs these).
@@ -90,6 +109,8 @@ SMOKE = {
     "preserve_prompts": 6,
     "eval_prompts": 3,
     "eval_steps": 2,
+    "eval_width": 48,  # non-square: the classifier reads any size
+    "eval_height": 32,
     "loss_images": 3,
 }
 

@@ -117,16 +117,22 @@ def _setting_line(results: dict) -> str:
         if base.get("base_world_accuracy") is not None
         else ""
     )
+    shapes = f"{_pct(config['nonsquare_share'])} of them 2:1 or 1:2, " + (
+        "in aspect-ratio buckets" if config["enable_bucket"] else "as square centre crops"
+    )
+    dropout = config["mlp_caption_tag_dropout_rate"]
+    dropout = f", tag dropout {dropout:g}" if dropout else ""
+    size = f" at {config['eval_width']}x{config['eval_height']} pixels" if config["eval_width"] else ""
     return (
         f"Base `{config['model_path']}` (fingerprint {base['fingerprint']}{trained}). Each adapter: "
         f"{config['max_train_steps']} steps at batch {config['batch_size']} on {config['num_train']} "
-        f"pictures (MLP lr {config['mlp_learning_rate']:g}, {config['num_layers']} layer(s); prompt lr "
+        f"pictures ({shapes}; MLP lr {config['mlp_learning_rate']:g}, {config['num_layers']} layer(s){dropout}; prompt lr "
         f"{config['prompt_learning_rate']:g}, {config['num_prompts']} vectors; vocab lr "
         f"{config['vocab_learning_rate']:g}, up to {config['num_tags']} tags; LoRA lr "
         f"{config['lora_learning_rate']:g}, rank {config['rank']}); preservation weight "
         f"{config['preserve_weight']:g} on {config['preserve_prompts']} base-world prompts that the "
         f"evaluation does not use. Evaluation: {config['eval_prompts']} prompts per set x "
-        f"{config['eval_images']} picture(s), DDIM {config['eval_steps']} steps, guidance "
+        f"{config['eval_images']} picture(s){size}, DDIM {config['eval_steps']} steps, guidance "
         f"{config['guidance_scale']:g}, the same noise for every model."
     )
 

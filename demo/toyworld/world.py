@@ -2,7 +2,8 @@
 
 What the pictures say in words lives in `toy.captions`.
 
-Three attributes, all readable from a 32x32 image by `classify_image`, a transparent rule:
+Three attributes, all readable from a picture of any size and aspect (32x32 in the toy base's world) by
+`classify_image`, a transparent rule:
 every pixel takes its nearest palette colour; the background is the most common colour on the border ring,
 the foreground the most common other colour; a foreground that fills its bounding box is a square, one
 with far fewer pixels in the upper half of its box than in the lower is an (apex-up) triangle, else a circle.
@@ -79,31 +80,40 @@ def all_attributes() -> list[Attributes]:
 
 
 def render_batch(
-    attrs: Sequence[Attributes], size: int, rng: np.random.Generator, *, device: str | torch.device = "cpu"
+    attrs: Sequence[Attributes],
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Render scenes with random position, size and colour jitter: (N, size, size, 3) uint8 on `device`.
+    """Render scenes with random position, size and colour jitter: (N, height, width, 3) uint8 on `device`.
 
-    The shape is centred within +-6% of the image, its radius 22-30% of the image, so it never touches the
-    3-pixel border ring (at 32 px) the classifier reads the background from. 4x4 supersampling anti-aliases.
-    Jitter is drawn from `rng` (numpy, so results do not depend on the device); the pixels are computed by
-    torch on `device`, which renders a training pool on a GPU in moments.
+    `size` is the side of a square or (width, height). The shape is centred within +-6% of the shorter side,
+    its radius 22-30% of that side, so it never touches the border ring (3 pixels at 32) the classifier
+    reads the background from, and a centre square crop of a wide picture keeps all of it. 4x4
+    supersampling anti-aliases. Jitter is drawn from `rng` (numpy, so results do not depend on the device);
+    the pixels are computed by torch on `device`, which renders a training pool on a GPU in moments.
     """
-    n, ss = len(attrs), 4
-    centre = torch.as_tensor(size / 2 + rng.uniform(-0.06, 0.06, (n, 2)) * size, dtype=torch.float32)
-    radius = torch.as_tensor(rng.uniform(0.22, 0.30, n) * size, dtype=torch.float32)
+    width, height = (size, size) if isinstance(size, int) else size
+    n, ss, short = len(attrs), 4, min(width, height)
+    middle = np.array([width / 2, height / 2])
+    centre = torch.as_tensor(middle + rng.uniform(-0.06, 0.06, (n, 2)) * short, dtype=torch.float32)
+    radius = torch.as_tensor(rng.uniform(0.22, 0.30, n) * short, dtype=torch.float32)
     jitter = rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, (2, n, 3))
     fg = torch.as_tensor([PALETTE[a.fg] for a in attrs] + jitter[0], dtype=torch.float32, device=device)
     bg = torch.as_tensor([PALETTE[a.bg] for a in attrs] + jitter[1], dtype=torch.float32, device=device)
     shape_index = np.array([SHAPES.index(a.shape) for a in attrs])
-    coords = (torch.arange(size * ss, dtype=torch.float32, device=device) + 0.5) / ss  # sub-pixel centres
-    coverage = torch.empty(n, size, size, 1, device=device)
+    # Sub-pixel centres along each axis.
+    xs = (torch.arange(width * ss, dtype=torch.float32, device=device) + 0.5) / ss
+    ys = (torch.arange(height * ss, dtype=torch.float32, device=device) + 0.5) / ss
+    coverage = torch.empty(n, height, width, 1, device=device)
     for kind, shape in enumerate(SHAPES):
         # In chunks, which bound the (chunk, 4 size, 4 size) sub-pixel masks.
         for part in np.array_split(np.flatnonzero(shape_index == kind), max(1, n // 4096)):
             if len(part) == 0:
                 continue
-            x = coords[None, None, :] - centre[part, 0, None, None].to(device)  # (M, 1, S) from the centre
-            y = coords[None, :, None] - centre[part, 1, None, None].to(device)  # (M, S, 1)
+            x = xs[None, None, :] - centre[part, 0, None, None].to(device)  # (M, 1, W ss) from the centre
+            y = ys[None, :, None] - centre[part, 1, None, None].to(device)  # (M, H ss, 1)
             r = radius[part, None, None].to(device)
             if shape == "circle":
                 mask = x**2 + y**2 <= r**2
@@ -113,13 +123,13 @@ def render_batch(
                 depth = (y + r) / (1.8 * r)
                 mask = (depth >= 0) & (depth <= 1) & (x.abs() <= 1.05 * r * depth)
             part = torch.as_tensor(part, device=device)
-            coverage[part] = mask.view(-1, size, ss, size, ss).float().mean(dim=(2, 4))[..., None]
-    image = coverage * fg[:, None, None] + (1 - coverage) * bg[:, None, None]  # (N, size, size, 3)
+            coverage[part] = mask.view(-1, height, ss, width, ss).float().mean(dim=(2, 4))[..., None]
+    image = coverage * fg[:, None, None] + (1 - coverage) * bg[:, None, None]  # (N, H, W, 3)
     return image.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def render_scene(attrs: Attributes, size: int, rng: np.random.Generator) -> Image.Image:
-    """One scene as an RGB PIL image of `size` x `size` pixels."""
+def render_scene(attrs: Attributes, size: int | tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """One scene as an RGB PIL image of `size` pixels (a square's side, or (width, height))."""
     return Image.fromarray(render_batch([attrs], size, rng)[0].numpy(), mode="RGB")
 
 
@@ -136,13 +146,13 @@ def _palette_labels(pixels: np.ndarray) -> np.ndarray:
 def classify_image(image: Image.Image | np.ndarray) -> Attributes | None:
     """Read fg, bg and shape from a picture; None when no foreground colour is found at all.
 
-    bg: the most common nearest-palette colour on the border ring (1/10 of the side, at least 2 px).
+    bg: the most common nearest-palette colour on the border ring (1/10 of the shorter side, at least 2 px).
     fg: the most common other colour inside. shape: fill ratio of the fg pixels in their bounding box,
     and for the rest, the share of fg pixels in the upper half of that box (an apex-up triangle has 1/4).
     """
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     labels = _palette_labels(pixels)  # (H, W)
-    ring = max(2, round(labels.shape[0] / 10))
+    ring = max(2, round(min(labels.shape) / 10))
     border = np.ones_like(labels, dtype=bool)
     border[ring:-ring, ring:-ring] = False
     bg = np.bincount(labels[border], minlength=len(PALETTE)).argmax()
