@@ -138,7 +138,7 @@ def evaluate_models(
     model_path: str | Path,
     adapter_files: Mapping[str, str | Path],
     prompt_sets: Mapping[str, Sequence[world.Prompt]],
-    settings: RenderSettings,
+    settings: Mapping[str, RenderSettings],
     *,
     loss_dir: str | Path,
     loss_seed: int,
@@ -146,7 +146,8 @@ def evaluate_models(
     jobs: int,
     device: str = "cpu",
 ) -> Evaluation:
-    """Render every prompt set with every model and score it; held-out loss on `loss_dir` too.
+    """Render every prompt set with every model, each set with its `settings[set_name]`, and score it;
+    held-out loss on `loss_dir` too.
 
     The work is split into tasks (the loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
     processes, each with this process's threads / jobs threads: small models run faster on one thread
@@ -160,7 +161,7 @@ def evaluate_models(
         _RenderTask(
             set_name,
             list(prompts[start : start + CHUNK_PROMPTS]),
-            replace(settings, seed=settings.seed + start),
+            replace(settings[set_name], seed=settings[set_name].seed + start),
         )
         for set_name, prompts in prompt_sets.items()
         for start in range(0, len(prompts), CHUNK_PROMPTS)
