@@ -6,7 +6,7 @@ through its own script; mlp, prompt and lora again with --preserve_weight; the M
 and again with centre crops instead of buckets), renders the write-up's grids into IMAGES_DIR/KIND
 (IMAGES_DIR/prompt/report.md holds the write-up's full table), then scores the original model and every
 adapter: held-out denoising loss, and the attribute accuracy of pictures rendered from domain prompts
-(short, long, and long at a 2:1 size) and base-world prompts, read by a transparent colour/shape classifier.
+(short, long, and long at a wide size) and base-world prompts, read by a transparent colour/shape classifier.
 Every command is printed as it runs; its output goes to WORK_DIR/logs/. The results table is printed and
 written to WORK_DIR/results.md and WORK_DIR/results.json.
 
@@ -47,7 +47,7 @@ SIZES = {
     "eval_steps": (int, "DDIM steps of the evaluation pictures"),
     "eval_width": (int, "width of the evaluation pictures but the wide set's (unset: the base's own)"),
     "eval_height": (int, "height of the evaluation pictures but the wide set's (unset: the base's own)"),
-    "loss_images": (int, "base-world held-out pictures for the out-of-domain loss"),
+    "loss_images": (int, "held-out pictures of each evaluation loss (base world; domain, 2:1 and 1:2)"),
 }
 
 

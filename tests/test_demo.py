@@ -75,6 +75,8 @@ def test_smoke_demo_trains_non_square_pictures_in_buckets_and_one_mlp_with_tag_d
     paths = DemoPaths(work, work)
     sizes = {Image.open(path).size for path in (paths.data).rglob("*.png")}
     assert (32, 32) in sizes and sizes & {(64, 32), (32, 64)}
+    # The loss that compares buckets with centre crops reads whole non-square pictures only.
+    assert {Image.open(path).size for path in paths.nonsquare_heldout.glob("*.png")} <= {(64, 32), (32, 64)}
     for name in ADAPTER_MODELS:
         flags = json.loads(read_adapter_file(paths.adapter(name))[1].extra["training"])
         assert flags["enable_bucket"] is (name != "mlp_center_crop"), name
@@ -100,7 +102,7 @@ def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_
     results = json.loads((work / "results.json").read_text(encoding="utf-8"))
     assert list(results["models"]) == list(MODELS)
     for name, model in results["models"].items():
-        for where in ("domain", "base_world"):
+        for where in ("domain", "base_world", "domain_nonsquare"):
             assert math.isfinite(model["heldout_loss"][where]) and model["heldout_loss"][where] > 0, name
         assert set(model["accuracy"]) == set(PROMPT_SETS)
         for scores in model["accuracy"].values():
@@ -113,7 +115,7 @@ def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_
     assert results["chance"]["all"] == pytest.approx(1 / 90)
     assert results["prompt_sets"]["domain_long_wide"] == {
         "file": "domain_prompts_long.txt",
-        "width": 48,
+        "width": 40,
         "height": 24,
     }
     assert set(results["timings_s"]) == {"data", "train", "grids", "evaluate", "total"}
@@ -122,7 +124,8 @@ def test_smoke_demo_reports_finite_numbers_for_every_model_and_prompt_set(smoke_
     report = (work / "results.md").read_text(encoding="utf-8")
     assert "| Prompt + preserve |" in report and "--smoke" in report
     assert "| MLP, tag dropout |" in report and "| MLP, centre crop |" in report
-    assert "accuracy, domain, long (12-16 tags), 48x24 |" in report
+    assert "held-out loss, domain, 2:1 and 1:2 |" in report
+    assert "accuracy, domain, long (12-16 tags), 40x24 |" in report
     assert "`--caption_tag_dropout_rate 0.3`" in report and "Only some runs" not in report
     # What each adapter costs, read from its file: parameters, bytes, a step's time as a ratio to the MLP's.
     for name, model in results["models"].items():
@@ -204,7 +207,7 @@ def test_the_mlp_variants_differ_from_the_mlp_run_in_one_flag_each(tmp_path):
         "domain_short": (32, 32),
         "domain_long": (32, 32),
         "base_world": (32, 32),
-        "domain_long_wide": (48, 24),
+        "domain_long_wide": (40, 24),
     }
     assert set_sizes(DemoConfig(eval_width=48, eval_height=32), 32)["domain_short"] == (48, 32)
 

@@ -11,7 +11,7 @@ Stages, each timed:
    write-up's table (prompt | MLP | Prompt | original) in IMAGES/prompt/report.md, Vocab | LoRA in
    IMAGES/lora/report.md;
 4. evaluate, in this process: held-out denoising loss and attribute accuracy of the original model and
-   every adapter, on domain prompts (short, long, and long at a wide 2:1 size) and base-world prompts.
+   every adapter, on domain prompts (short, long, and long at a wide size) and base-world prompts.
 
 DemoConfig.models restricts stages 2-4 to some of the adapter runs (a sweep of one of them), the grids to
 the pairs whose both models are among them (toyworld.workflow).
@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 
 from altadapter.adapter_io import AdapterMetadata, read_adapter_file
+from altadapter.data.buckets import BucketRange
 from altadapter.devices import vae_scale_factor
 from altadapter.fileio import atomic_write
 from altadapter.rendering.sampler import RenderSettings
 from toyworld import captions, evaluation, world
 from toyworld.base_config import REPORT_FILE
 from toyworld.commands import DemoError, run_commands
-from toyworld.demo_config import PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
+from toyworld.demo_config import MODELS, PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
 from toyworld.results import format_results
 from toyworld.workflow import (
     data_commands,
@@ -88,6 +89,16 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
     evaluation.write_base_world_heldout(
         paths.base_heldout, config.loss_images, seed=config.seed + 300, size=resolution
     )
+    evaluation.write_domain_nonsquare_heldout(
+        paths.nonsquare_heldout, config.loss_images, seed=config.seed + 400, size=resolution
+    )
+    # Every model's loss on the same whole non-square pictures, each at the bucket the bucketed runs train
+    # it at: the centre-crop run's own held-out loss (in its adapter file) is on crops, not comparable.
+    buckets = tuple(BucketRange.scaled(resolution, None, None, None).sizes())
+    loss_sets = {
+        "base_world": evaluation.LossSet(str(paths.base_heldout)),
+        "domain_nonsquare": evaluation.LossSet(str(paths.nonsquare_heldout), buckets),
+    }
     settings = RenderSettings(
         num_images=config.eval_images,
         num_inference_steps=config.eval_steps,
@@ -105,7 +116,7 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
             name: replace(settings, width=width, height=height)
             for name, (width, height) in set_sizes(config, resolution).items()
         },
-        loss_dir=paths.base_heldout,
+        loss_sets=loss_sets,
         loss_seed=config.seed,
         loss_batch_size=config.batch_size,
         jobs=config.jobs,
@@ -115,11 +126,13 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
     for set_name, pictures in measured.pictures.items():
         evaluation.sample_sheet(pictures, SHEET_PROMPTS).save(paths.samples / f"{set_name}.png")
     files = {name: read_adapter_file(paths.adapter(name)) for name in adapters}
-    domain_loss = _domain_losses({name: metadata.extra for name, (_, metadata) in files.items()})
+    domain_loss = _domain_losses(
+        {name: metadata.extra for name, (_, metadata) in files.items()}, reference=_reference_runs(config)
+    )
     results = {
         name: {
             "adapter": str(paths.adapter(name)) if name != "original" else None,
-            "heldout_loss": {"domain": domain_loss[name], "base_world": measured.loss[name]},
+            "heldout_loss": {"domain": domain_loss[name], **measured.loss[name]},
             "accuracy": measured.accuracy[name],
             **(adapter_facts(paths.adapter(name), *files[name]) if name != "original" else {}),
         }
@@ -195,14 +208,19 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     return results
 
 
-def _domain_losses(extras: dict[str, dict]) -> dict[str, float]:
-    """Held-out domain losses from each adapter file's metadata extra; the original's, which every run
-    measured, once."""
-    losses: dict[str, float] = {}
-    originals = []
-    for name, extra in extras.items():
-        losses[name] = float(extra["val_loss_adapter"])
-        originals.append(float(extra["val_loss_original"]))
+def _reference_runs(config: DemoConfig) -> set[str]:
+    """The evaluated runs that saw the held-out pictures as the demo's runs do (in buckets or cropped), or
+    every run when none does (a sweep of the centre-crop run alone)."""
+    adapters = [name for name in evaluated_models(config) if name != "original"]
+    alike = [name for name in adapters if not (config.enable_bucket and MODELS[name].center_crop)]
+    return set(alike or adapters)
+
+
+def _domain_losses(extras: dict[str, dict], *, reference: set[str]) -> dict[str, float]:
+    """Held-out domain losses from each adapter file's metadata extra; the original's once, as the
+    `reference` runs measured it (a run without buckets measured it on centre crops)."""
+    losses = {name: float(extra["val_loss_adapter"]) for name, extra in extras.items()}
+    originals = [float(extra["val_loss_original"]) for name, extra in extras.items() if name in reference]
     if max(originals) - min(originals) > 1e-4 * max(abs(v) for v in originals):
         logger.warning("the runs measured different original held-out losses: %s", originals)
     return {"original": originals[0], **losses}

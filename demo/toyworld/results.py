@@ -24,7 +24,11 @@ SET_TITLES = {
     "base_world": "base world (out of domain)",
 }
 WIDE_SETS = {"domain_long_wide": "domain_long"}  # a set of wide pictures -> the set whose prompts it renders
-LOSS_TITLES = {"domain": "held-out loss, domain", "base_world": "held-out loss, base world"}
+LOSS_TITLES = {
+    "domain": "held-out loss, domain",
+    "base_world": "held-out loss, base world",
+    "domain_nonsquare": "held-out loss, domain, 2:1 and 1:2",
+}
 
 
 def format_results(results: dict) -> str:
@@ -39,9 +43,11 @@ def format_results(results: dict) -> str:
         "Accuracy: the share of pictures that show all three attributes (shape colour, background colour, "
         "shape) the prompt names, read by `world.classify_image` (nearest palette colour per pixel; "
         f"border ring = background; fill of the bounding box = shape). Chance: {_pct(chance['all'])} "
-        f"(per attribute: colours {_pct(chance['fg'])}, shape {_pct(chance['shape'])}). Held-out loss: the "
-        "training scripts' denoising loss at fixed timesteps and noise, on held-out domain pictures with "
-        "their tags, and on base-world pictures with plain-word captions.",
+        f"(per attribute: colours {_pct(chance['fg'])}, shape {_pct(chance['shape'])}). Held-out loss (the "
+        "training scripts' denoising loss at fixed timesteps and noise) on held-out domain pictures with "
+        "their tags (the training script's own, from each adapter file), on base-world pictures with "
+        f"plain-word captions, and on {config['loss_images']} other domain pictures, all 2:1 or 1:2, each "
+        "whole at its nearest aspect-ratio bucket, the same for every model.",
         "",
     ]
     header = ["model", *LOSS_TITLES.values(), *(f"accuracy, {title}" for title in titles.values())]
@@ -194,7 +200,8 @@ def _variants_line(results: dict, titles: dict[str, str]) -> str:
         )
         lines.append(
             f"{MODEL_TITLES['mlp_center_crop']}: the MLP run without `--enable_bucket`, so its 2:1 and 1:2 "
-            f"training pictures are cut to their centre squares; {others}."
+            f"training pictures are cut to their centre squares; {others}. Its held-out domain loss is "
+            "measured as it trains, on centre crops: compare it with the others on the 2:1 and 1:2 loss."
         )
     return " ".join(lines)
 
