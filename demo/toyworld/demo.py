@@ -190,10 +190,8 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
         "stages": timings,
         "commands": commands,
         "prompt_sets": {
-            name: {"file": prompt_set.file, "width": width, "height": height}
-            for (name, prompt_set), (width, height) in zip(
-                PROMPT_SETS.items(), set_sizes(config, resolution).values(), strict=True
-            )
+            name: {"file": PROMPT_SETS[name].file, "width": width, "height": height}
+            for name, (width, height) in set_sizes(config, resolution).items()
         },
         "artefacts": {
             "grids": [str(paths.images / kind) for pair in grid_pairs(config) for kind in pair],
