@@ -2,14 +2,16 @@
 
 Writes the toy domain (demo/make_toy_domain.py), converts it (meta_file_converter.py), samples the grid
 prompts (prompts_generator.py), trains every adapter kind on the toy base (mlp, prompt, vocab, lora, each
-through its own script; mlp, prompt and lora again with --preserve_weight), renders the write-up's grids
-into IMAGES_DIR/KIND (IMAGES_DIR/prompt/report.md holds the write-up's full table), then scores the
-original model and every adapter: held-out denoising loss, and the attribute accuracy of pictures rendered
-from domain prompts (short and long) and base-world prompts, read by a transparent colour/shape classifier.
+through its own script; mlp, prompt and lora again with --preserve_weight; the MLP again with tag dropout
+and again with centre crops instead of buckets), renders the write-up's grids into IMAGES_DIR/KIND
+(IMAGES_DIR/prompt/report.md holds the write-up's full table), then scores the original model and every
+adapter: held-out denoising loss, and the attribute accuracy of pictures rendered from domain prompts
+(short, long, and long at a wide size) and base-world prompts, read by a transparent colour/shape classifier.
 Every command is printed as it runs; its output goes to WORK_DIR/logs/. The results table is printed and
 written to WORK_DIR/results.md and WORK_DIR/results.json.
 
 The defaults fit 15 minutes on 2 CPU cores; --smoke runs every stage at tiny sizes in seconds (the test).
+--models trains and scores only some runs, for a sweep of one of them.
 Example: python demo/run_demo.py --model_path demo/toy_base
 """
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: r
 from altadapter.cli_args import setup_logging
 from toyworld.commands import DemoError
 from toyworld.demo import run_demo
-from toyworld.demo_config import SMOKE, DemoConfig
+from toyworld.demo_config import ADAPTER_MODELS, SMOKE, DemoConfig
 from toyworld.results import format_results
 
 FULL = DemoConfig()
@@ -37,15 +39,15 @@ SIZES = {
     "grid_prompts": (int, "prompts_generator.py prompts rendered into the write-up's grids"),
     "grid_images": (int, "pictures per grid prompt (the write-up's 4)"),
     "grid_steps": (int, "DDIM steps of the grids"),
-    "max_train_steps": (int, "training steps of each of the seven adapter runs"),
+    "max_train_steps": (int, "training steps of each adapter run"),
     "batch_size": (int, "training batch size"),
     "num_prompts": (int, "prompt adapter vectors (the write-up's 100)"),
     "preserve_prompts": (int, "base-world prompts of the preservation penalty"),
-    "eval_prompts": (int, "prompts per evaluation set (domain short, domain long, base world)"),
+    "eval_prompts": (int, "prompts per evaluation set (domain short, domain long, base world, wide)"),
     "eval_steps": (int, "DDIM steps of the evaluation pictures"),
-    "eval_width": (int, "width of the evaluation pictures (unset: the base's own)"),
-    "eval_height": (int, "height of the evaluation pictures (unset: the base's own)"),
-    "loss_images": (int, "base-world held-out pictures for the out-of-domain loss"),
+    "eval_width": (int, "width of the evaluation pictures but the wide set's (unset: the base's own)"),
+    "eval_height": (int, "height of the evaluation pictures but the wide set's (unset: the base's own)"),
+    "loss_images": (int, "held-out pictures of each evaluation loss (base world; domain, 2:1 and 1:2)"),
 }
 
 
@@ -64,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=FULL.seed, help="seed of data, training and sampling")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes and a few steps: every stage and file, no learning"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=ADAPTER_MODELS,
+        default=argparse.SUPPRESS,
+        metavar="NAME",
+        help="train, render and score only these adapter runs, of: "
+        + ", ".join(ADAPTER_MODELS)
+        + " (the original is always scored; the grids of mlp and prompt, or vocab and lora, only with both). For a sweep, e.g. "
+        "--models mlp_tag_dropout --mlp_tag_dropout_rate 0.1 --work_dir demo_out/sweep-0.1 --images_dir "
+        "demo_out/sweep-0.1/images (the default IMAGES_DIR holds the committed sample sheets). results.md "
+        "then holds only these rows; the README's tables come from the full run (default: all)",
     )
     sizes = parser.add_argument_group("sizes (unset: the full value, or the smoke value with --smoke)")
     for name, (kind, text) in SIZES.items():
@@ -101,10 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train every adapter with aspect-ratio buckets (--no-enable_bucket: square crops)",
     )
     tuning.add_argument(
-        "--mlp_caption_tag_dropout_rate",
+        "--mlp_tag_dropout_rate",
         type=float,
-        default=FULL.mlp_caption_tag_dropout_rate,
-        help="--caption_tag_dropout_rate of the MLP runs (the MLP then encodes captions every step)",
+        default=FULL.mlp_tag_dropout_rate,
+        help="--caption_tag_dropout_rate of the mlp_tag_dropout run (the other MLP runs have none)",
     )
     tuning.add_argument(
         "--preserve_weight",
@@ -115,6 +130,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tuning.add_argument(
         "--eval_images", type=int, default=FULL.eval_images, help="pictures per evaluation prompt and model"
     )
+    for side in ("width", "height"):
+        tuning.add_argument(
+            f"--wide_{side}",
+            type=int,
+            default=getattr(FULL, f"wide_{side}"),
+            help=f"{side} of the wide set's pictures (the long domain prompts again; a multiple of 8)",
+        )
     tuning.add_argument(
         "--guidance_scale",
         type=float,
@@ -134,8 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """The run's configuration: the flags given, else the smoke or full sizes (ValueError if invalid)."""
-    given = {key: value for key, value in vars(args).items() if key != "smoke"}
-    return DemoConfig(**{**(SMOKE if args.smoke else {}), **given})
+    given = {key: value for key, value in vars(args).items() if key not in ("smoke", "models")}
+    # --models in table order, each once, whatever order the command line gives them in.
+    models = tuple(name for name in ADAPTER_MODELS if name in getattr(args, "models", ADAPTER_MODELS))
+    return DemoConfig(**{**(SMOKE if args.smoke else {}), **given, "models": models})
 
 
 def main(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,20 @@ def picture_sizes(
     return [shapes[1 + int(t)] if n else shapes[0] for n, t in zip(nonsquare, tall, strict=True)]
 
 
+def render_at_sizes(
+    attrs: Sequence[Attributes], sizes: Sequence[tuple[int, int]], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each scene rendered at its (width, height): (height, width, 3) uint8 arrays, one batch per size in
+    order of first appearance (one size: one `render_batch`, so an all-square set draws what it always did)."""
+    images: list[np.ndarray] = [np.empty(0)] * len(attrs)
+    for shape in dict.fromkeys(sizes):
+        indices = [i for i, s in enumerate(sizes) if s == shape]
+        rendered = render_batch([attrs[i] for i in indices], shape, rng).numpy()
+        for i, pixels in zip(indices, rendered, strict=True):
+            images[i] = pixels
+    return images
+
+
 def make_domain_dataset(
     out_dir: str | os.PathLike,
     n_train: int,
@@ -195,13 +210,7 @@ def make_domain_dataset(
         folder = Path(out_dir) / split
         folder.mkdir(parents=True, exist_ok=True)
         attrs_list = balanced_attributes(count, rng)
-        sizes = picture_sizes(count, size, nonsquare_share, rng)
-        images: list[np.ndarray] = [np.empty(0)] * count
-        for shape in dict.fromkeys(sizes):  # one batch per picture size, in order of first appearance
-            indices = [i for i, s in enumerate(sizes) if s == shape]
-            rendered = render_batch([attrs_list[i] for i in indices], shape, rng).numpy()
-            for i, pixels in zip(indices, rendered, strict=True):
-                images[i] = pixels
+        images = render_at_sizes(attrs_list, picture_sizes(count, size, nonsquare_share, rng), rng)
         records = {}
         for index, (attrs, pixels) in enumerate(zip(attrs_list, images, strict=True)):
             stem = f"{index:05d}"

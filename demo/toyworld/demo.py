@@ -4,13 +4,17 @@ Stages, each timed:
 1. data: demo/make_toy_domain.py, meta_file_converter.py (train and held-out), prompts_generator.py;
 2. train: all four adapter kinds, each through its own script (mlp: text_encoder_util_mlp_transfer.py,
    prompt: text_encoder_util.py, vocab and lora: train_adapter.py --kind), then the MLP, prompt and LoRA
-   again with --preserve_weight on base-world prompts (others than the ones the evaluation renders);
+   again with --preserve_weight on base-world prompts (others than the ones the evaluation renders), and
+   the MLP twice more: with tag dropout, and without buckets (its non-square pictures centre-cropped);
 3. grids: each kind's rendering script (text_encoder_gen_show_mlp.py, text_encoder_gen_show.py,
    render_adapter.py) into IMAGES/KIND, the second of each pair with --compare_with the first: the
    write-up's table (prompt | MLP | Prompt | original) in IMAGES/prompt/report.md, Vocab | LoRA in
    IMAGES/lora/report.md;
 4. evaluate, in this process: held-out denoising loss and attribute accuracy of the original model and
-   every adapter, on domain prompts (short and long) and base-world prompts.
+   every adapter, on domain prompts (short, long, and long at a wide size) and base-world prompts.
+
+DemoConfig.models restricts stages 2-4 to some of the adapter runs (a sweep of one of them), the grids to
+the pairs whose both models are among them (toyworld.workflow).
 
 The scripts run as subprocesses of `sys.executable`, with the flags the README shows, so the demo also
 proves that those commands work. Independent commands run `jobs` at a time, one thread each on two cores
@@ -25,22 +29,28 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from altadapter.adapter_io import AdapterMetadata, read_adapter_file
-from altadapter.adapters import get_kind
-from altadapter.data.prompts import write_prompts
+from altadapter.data.buckets import BucketRange
 from altadapter.devices import vae_scale_factor
 from altadapter.fileio import atomic_write
 from altadapter.rendering.sampler import RenderSettings
 from toyworld import captions, evaluation, world
 from toyworld.base_config import REPORT_FILE
-from toyworld.commands import Command, DemoError, run_commands, script
+from toyworld.commands import DemoError, run_commands
 from toyworld.demo_config import MODELS, PROMPT_SETS, SHEET_PROMPTS, DemoConfig, DemoPaths
 from toyworld.results import format_results
+from toyworld.workflow import (
+    data_commands,
+    evaluated_models,
+    grid_pairs,
+    model_commands,
+    write_preserve_prompts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,142 +73,32 @@ def model_resolution(model_path: Path) -> int:
     return int(unet["sample_size"]) * vae_scale_factor(vae["block_out_channels"])
 
 
-def data_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
-    """Stage "data": the toy domain, both conversions, the grid prompts."""
-    commands = [
-        Command(
-            "make_toy_domain",
-            "data",
-            [
-                script("demo/make_toy_domain.py"),
-                *("--output_dir", str(paths.domain)),
-                *("--num_train", str(config.num_train)),
-                *("--num_heldout", str(config.num_heldout)),
-                *("--num_prompts", str(config.eval_prompts)),
-                *("--nonsquare_share", str(config.nonsquare_share)),
-                *("--seed", str(config.seed)),
-            ],
-        )
-    ]
-    for split, out in (("train", paths.data), ("heldout", paths.heldout_data)):
-        argv = [script("meta_file_converter.py"), "--image_dir", str(paths.domain / split)]
-        argv += ["--output_dir", str(out), "--no_progress"]
-        commands.append(Command(f"meta_file_converter_{split}", "data", argv, after=("make_toy_domain",)))
-    argv = [
-        script("prompts_generator.py"),
-        *("--data_dir", str(paths.data)),
-        *("--num_prompts", str(config.grid_prompts)),
-        *("--prefix", ",".join(captions.DOMAIN_PREFIX)),
-        *("--seed", str(config.seed)),
-        # As many tags as a training caption: the write-up found the MLP needs prompts that long.
-        *("--min_tags", str(captions.TRAIN_NUM_TAGS[0])),
-        *("--max_tags", str(captions.TRAIN_NUM_TAGS[1])),
-        *("--out", str(paths.prompts)),
-    ]
-    commands.append(Command("prompts_generator", "data", argv, after=("meta_file_converter_train",)))
-    return commands
-
-
-def adapter_argv(config: DemoConfig, kind: str) -> list[str]:
-    """The flags that size an adapter of `kind`, and its learning rate."""
-    sizes = {
-        "mlp": ["--num_layers", str(config.num_layers)],
-        "prompt": ["--num_prompts", str(config.num_prompts)],
-        "vocab": ["--num_tags", str(config.num_tags)],
-        "lora": ["--rank", str(config.rank)],
-    }
-    return [*sizes[kind], "--learning_rate", str(getattr(config, f"{kind}_learning_rate"))]
-
-
-def train_command(config: DemoConfig, paths: DemoPaths, model: str, resolution: int) -> Command:
-    """The training script run of one evaluated model, with the write-up's flag names."""
-    kind, preserve = MODELS[model]
-    name = paths.adapter(model).stem
-    # Each kind's own script: the write-up's two for its kinds, train_adapter.py --kind for the others.
-    script_name, *kind_argv = get_kind(kind).train_command.split()
-    argv = [
-        script(script_name),
-        *kind_argv,
-        *("--data_dir", str(paths.data)),
-        *("--model_path", config.model_path),
-        *("--ckpt_dir", str(paths.runs)),
-        *("--batch_size", str(config.batch_size)),
-        *("--mixed_precision", "no"),  # bf16 is slow on CPUs
-        *("--max_train_steps", str(config.max_train_steps)),
-        *("--resolution", str(resolution)),
-        *("--name", name),
-        *adapter_argv(config, kind),
-        *("--validation_dir", str(paths.heldout_data)),  # the held-out losses land in the adapter file
-        *("--validation_steps", str(config.max_train_steps)),
-        *("--checkpointing_steps", str(config.max_train_steps)),
-        *("--seed", str(config.seed)),
-        *("--report_to", "none"),
-    ]
-    if preserve:
-        argv += [
-            *("--preserve_weight", str(config.preserve_weight)),
-            *("--preserve_prompts", str(paths.preserve_prompts)),
-        ]
-    if config.enable_bucket:
-        argv.append("--enable_bucket")
-    if kind == "mlp" and config.mlp_caption_tag_dropout_rate > 0:
-        argv += ["--caption_tag_dropout_rate", str(config.mlp_caption_tag_dropout_rate)]
-    return Command(f"train_{model}", "train", argv)
-
-
-# Grids in pairs: the second of each renders with --compare_with the first, so its report.md holds the
-# table of both adapters and the original. Each kind renders through its own script.
-GRID_PAIRS = (("mlp", "prompt"), ("vocab", "lora"))
-
-
-def grid_commands(config: DemoConfig, paths: DemoPaths) -> list[Command]:
-    """Stage "grids": each pair's first kind, then its second with the pair's table (it reads the first's
-    render.json)."""
-    commands = []
-    for first, second in GRID_PAIRS:
-        for kind in (first, second):
-            argv = [
-                script(get_kind(kind).render_command),
-                *("--model_path", config.model_path),
-                *("--adapter", str(paths.adapter(kind))),
-                *("--prompts", str(paths.prompts)),
-                *("--num_inference_steps", str(config.grid_steps)),
-                *("--num_images", str(config.grid_images)),
-                *("--scheduler", "ddim"),
-                *("--guidance_scale", str(config.guidance_scale)),
-                *("--seed", str(config.seed)),
-                *("--output_dir", str(paths.images / kind)),
-            ]
-            after: tuple[str, ...] = (f"train_{kind}",)
-            if kind == second:
-                argv += ["--compare_with", str(paths.images / first)]
-                after += (f"render_{first}",)
-            commands.append(Command(f"render_{kind}", "grids", argv, after=after))
-    return commands
-
-
-TRAIN_ORDER = ("prompt", "lora", "vocab", "prompt_preserve", "lora_preserve", "mlp", "mlp_preserve")
-
-
-def write_preserve_prompts(config: DemoConfig, paths: DemoPaths) -> list[str]:
-    """Base-world prompts for the preservation penalty, leaving out every prompt the evaluation renders."""
-    evaluated = {p.text for p in _prompt_lists(paths)[PROMPT_SETS["base_world"]]}
-    candidates = captions.base_world_prompts(config.preserve_prompts * 2, seed=config.seed + 200)
-    prompts = list(dict.fromkeys(p.text for p in candidates if p.text not in evaluated))
-    prompts = prompts[: config.preserve_prompts]
-    write_prompts(paths.preserve_prompts, prompts)
-    return prompts
+def set_sizes(config: DemoConfig, resolution: int) -> dict[str, tuple[int, int]]:
+    """(width, height) of each prompt set's pictures: the wide set's own, the others --eval_width x
+    --eval_height or else the base's square."""
+    square = (config.eval_width or resolution, config.eval_height or resolution)
+    wide = (config.wide_width, config.wide_height)
+    return {name: wide if prompt_set.wide else square for name, prompt_set in PROMPT_SETS.items()}
 
 
 def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
-    """Stage 4: losses and accuracies of every model, and the base's fingerprint; sample sheets in IMAGES/samples/."""
-    lists = _prompt_lists(paths)
+    """Stage 4: losses and accuracies of the evaluated models, and the base's fingerprint; sample sheets in
+    IMAGES/samples/."""
+    lists = captions.read_prompt_lists(paths.domain / captions.PROMPTS_JSON)
+    resolution = model_resolution(Path(config.model_path))
     evaluation.write_base_world_heldout(
-        paths.base_heldout,
-        config.loss_images,
-        seed=config.seed + 300,
-        size=model_resolution(Path(config.model_path)),
+        paths.base_heldout, config.loss_images, seed=config.seed + 300, size=resolution
     )
+    evaluation.write_domain_nonsquare_heldout(
+        paths.nonsquare_heldout, config.loss_images, seed=config.seed + 400, size=resolution
+    )
+    # Every model's loss on the same whole non-square pictures, each at the bucket the bucketed runs train
+    # it at: the centre-crop run's own held-out loss (in its adapter file) is on crops, not comparable.
+    buckets = tuple(BucketRange.scaled(resolution, None, None, None).sizes())
+    loss_sets = {
+        "base_world": evaluation.LossSet(str(paths.base_heldout)),
+        "domain_nonsquare": evaluation.LossSet(str(paths.nonsquare_heldout), buckets),
+    }
     settings = RenderSettings(
         num_images=config.eval_images,
         num_inference_steps=config.eval_steps,
@@ -206,15 +106,17 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
         seed=config.seed,
         scheduler="ddim",
         max_batch=16,
-        height=config.eval_height,
-        width=config.eval_width,
     )
+    adapters = [name for name in evaluated_models(config) if name != "original"]
     measured = evaluation.evaluate_models(
         config.model_path,
-        {name: paths.adapter(name) for name in MODELS if name != "original"},
-        {set_name: lists[file_name] for set_name, file_name in PROMPT_SETS.items()},
-        settings,
-        loss_dir=paths.base_heldout,
+        {name: paths.adapter(name) for name in adapters},
+        {name: lists[prompt_set.file] for name, prompt_set in PROMPT_SETS.items()},
+        {
+            name: replace(settings, width=width, height=height)
+            for name, (width, height) in set_sizes(config, resolution).items()
+        },
+        loss_sets=loss_sets,
         loss_seed=config.seed,
         loss_batch_size=config.batch_size,
         jobs=config.jobs,
@@ -223,16 +125,18 @@ def evaluate(config: DemoConfig, paths: DemoPaths) -> tuple[dict, str]:
     paths.samples.mkdir(parents=True, exist_ok=True)
     for set_name, pictures in measured.pictures.items():
         evaluation.sample_sheet(pictures, SHEET_PROMPTS).save(paths.samples / f"{set_name}.png")
-    files = {name: read_adapter_file(paths.adapter(name)) for name in MODELS if name != "original"}
-    domain_loss = _domain_losses({name: metadata.extra for name, (_, metadata) in files.items()})
+    files = {name: read_adapter_file(paths.adapter(name)) for name in adapters}
+    domain_loss = _domain_losses(
+        {name: metadata.extra for name, (_, metadata) in files.items()}, reference=_reference_runs(config)
+    )
     results = {
         name: {
             "adapter": str(paths.adapter(name)) if name != "original" else None,
-            "heldout_loss": {"domain": domain_loss[name], "base_world": measured.loss[name]},
+            "heldout_loss": {"domain": domain_loss[name], **measured.loss[name]},
             "accuracy": measured.accuracy[name],
             **(adapter_facts(paths.adapter(name), *files[name]) if name != "original" else {}),
         }
-        for name in MODELS
+        for name in evaluated_models(config)
     }
     return results, measured.fingerprint
 
@@ -256,11 +160,8 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     commands = run_commands(data_commands(config, paths), jobs=config.jobs, log_dir=paths.logs, clock=clock)
     write_preserve_prompts(config, paths)
     # Trainings and grids in one queue: a core that finishes a command starts the first one that is ready.
-    # The runs whose encoder runs every step (prompt, vocab, LoRA) first, the cheaper MLP runs and the
-    # grids (a few seconds each) fill in after them, so both cores stay busy to the end.
-    trainings = [train_command(config, paths, name, resolution) for name in TRAIN_ORDER]
     commands |= run_commands(
-        [*trainings, *grid_commands(config, paths)], jobs=config.jobs, log_dir=paths.logs, clock=clock
+        model_commands(config, paths, resolution), jobs=config.jobs, log_dir=paths.logs, clock=clock
     )
     evaluate_start, cpu_before = _since(clock), _cpu_seconds()
     print("evaluating: held-out losses and attribute accuracy of every model (in this process)", flush=True)
@@ -288,9 +189,13 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
         "timings_s": {name: round(t["end_s"] - t["start_s"], 1) for name, t in timings.items()},
         "stages": timings,
         "commands": commands,
+        "prompt_sets": {
+            name: {"file": PROMPT_SETS[name].file, "width": width, "height": height}
+            for name, (width, height) in set_sizes(config, resolution).items()
+        },
         "artefacts": {
-            "grids": [str(paths.images / kind) for pair in GRID_PAIRS for kind in pair],
-            "tables": [str(paths.images / second / "report.md") for _, second in GRID_PAIRS],
+            "grids": [str(paths.images / kind) for pair in grid_pairs(config) for kind in pair],
+            "tables": [str(paths.images / second / "report.md") for _, second in grid_pairs(config)],
             "samples": [str(paths.samples / f"{name}.png") for name in PROMPT_SETS],
         },
     }
@@ -301,18 +206,19 @@ def run_demo(config: DemoConfig, *, command: str = "") -> dict:
     return results
 
 
-def _prompt_lists(paths: DemoPaths) -> dict[str, list[world.Prompt]]:
-    return captions.read_prompt_lists(paths.domain / captions.PROMPTS_JSON)
+def _reference_runs(config: DemoConfig) -> set[str]:
+    """The evaluated runs that saw the held-out pictures as the demo's runs do (in buckets or cropped), or
+    every run when none does (a sweep of the centre-crop run alone)."""
+    adapters = [name for name in evaluated_models(config) if name != "original"]
+    alike = [name for name in adapters if not (config.enable_bucket and MODELS[name].center_crop)]
+    return set(alike or adapters)
 
 
-def _domain_losses(extras: dict[str, dict]) -> dict[str, float]:
-    """Held-out domain losses from each adapter file's metadata extra; the original's, which every run
-    measured, once."""
-    losses: dict[str, float] = {}
-    originals = []
-    for name, extra in extras.items():
-        losses[name] = float(extra["val_loss_adapter"])
-        originals.append(float(extra["val_loss_original"]))
+def _domain_losses(extras: dict[str, dict], *, reference: set[str]) -> dict[str, float]:
+    """Held-out domain losses from each adapter file's metadata extra; the original's once, as the
+    `reference` runs measured it (a run without buckets measured it on centre crops)."""
+    losses = {name: float(extra["val_loss_adapter"]) for name, extra in extras.items()}
+    originals = [float(extra["val_loss_original"]) for name, extra in extras.items() if name in reference]
     if max(originals) - min(originals) > 1e-4 * max(abs(v) for v in originals):
         logger.warning("the runs measured different original held-out losses: %s", originals)
     return {"original": originals[0], **losses}

@@ -10,27 +10,56 @@ from altadapter.data.images import check_resolution
 from toyworld.base_config import ToyBaseConfig
 
 TOY_BASE = ToyBaseConfig()  # the toy base samples with DDIM at this guidance scale
-# Evaluated models, in table order: name -> (adapter kind, with preservation). "original" has no adapter.
-# No preserving vocab run: a vocab adapter cannot change a prompt without its tags, so it has nothing to keep.
-MODELS: dict[str, tuple[str | None, bool]] = {
-    "original": (None, False),
-    "mlp": ("mlp", False),
-    "prompt": ("prompt", False),
-    "vocab": ("vocab", False),
-    "lora": ("lora", False),
-    "mlp_preserve": ("mlp", True),
-    "prompt_preserve": ("prompt", True),
-    "lora_preserve": ("lora", True),
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An evaluated model: the original (no kind), or an adapter run and what it trains with beyond its kind."""
+
+    kind: str | None = None  # adapter kind; None: the original model
+    preserve: bool = False  # --preserve_weight on base-world prompts
+    tag_dropout: bool = False  # --caption_tag_dropout_rate DemoConfig.mlp_tag_dropout_rate
+    # Without --enable_bucket even where the demo's runs have it: non-square pictures are centre-cropped.
+    center_crop: bool = False
+
+
+# Evaluated models, in table order. No preserving vocab run: a vocab adapter cannot change a prompt without
+# its tags, so it has nothing to keep. The two MLP variants differ from "mlp" in one flag each, for issue
+# #20's questions: does tag dropout close the gap between short and long prompts, and do buckets beat
+# centre crops on non-square pictures.
+MODELS: dict[str, ModelSpec] = {
+    "original": ModelSpec(),
+    "mlp": ModelSpec("mlp"),
+    "prompt": ModelSpec("prompt"),
+    "vocab": ModelSpec("vocab"),
+    "lora": ModelSpec("lora"),
+    "mlp_preserve": ModelSpec("mlp", preserve=True),
+    "prompt_preserve": ModelSpec("prompt", preserve=True),
+    "lora_preserve": ModelSpec("lora", preserve=True),
+    "mlp_tag_dropout": ModelSpec("mlp", tag_dropout=True),
+    "mlp_center_crop": ModelSpec("mlp", center_crop=True),
 }
-# Prompt sets, in table order: name -> the prompt list of demo/make_toy_domain.py it reads.
+ADAPTER_MODELS = tuple(name for name, spec in MODELS.items() if spec.kind is not None)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """An evaluation prompt set: the prompt list of demo/make_toy_domain.py it reads, and at which size."""
+
+    file: str
+    wide: bool = False  # at DemoConfig's wide_width x wide_height instead of the size of the other sets
+
+
+# Prompt sets, in table order.
 PROMPT_SETS = {
-    "domain_short": "domain_prompts_short.txt",
-    "domain_long": "domain_prompts_long.txt",
-    "base_world": "base_prompts.txt",
+    "domain_short": PromptSet("domain_prompts_short.txt"),
+    "domain_long": PromptSet("domain_prompts_long.txt"),
+    "base_world": PromptSet("base_prompts.txt"),
+    "domain_long_wide": PromptSet("domain_prompts_long.txt", wide=True),
 }
-RUN_NAMES = {"mlp": "toy-mlp", "prompt": "toy-prompt", "vocab": "toy-vocab", "lora": "toy-lora"}
 SHEET_PROMPTS = 12  # prompts per evaluation sample sheet
-SHARES = ("nonsquare_share", "mlp_caption_tag_dropout_rate")  # fractions in [0, 1): 0 turns them off
+SHARES = ("nonsquare_share",)  # fractions in [0, 1): 0 turns them off
+RATES = ("mlp_tag_dropout_rate",)  # fractions in (0, 1): 0 would make the variant its plain run
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,7 @@ class DemoConfig:
     work_dir: str = "demo_out"
     images_dir: str = "images"
     seed: int = 0
+    models: tuple[str, ...] = ADAPTER_MODELS  # adapter runs to train and evaluate; the original always is
     num_train: int = 900  # training images, 10 per attribute combination
     num_heldout: int = 45  # held-out domain images: the training scripts' --validation_dir
     grid_prompts: int = 6  # prompts_generator.py prompts rendered into the write-up's grids
@@ -65,7 +95,8 @@ class DemoConfig:
     # buckets (--enable_bucket) rather than square crops; 0 and False give the all-square demo.
     nonsquare_share: float = 0.25
     enable_bucket: bool = True
-    mlp_caption_tag_dropout_rate: float = 0.0  # the MLP runs' --caption_tag_dropout_rate
+    # The mlp_tag_dropout run's --caption_tag_dropout_rate (a placeholder until a sweep picks it).
+    mlp_tag_dropout_rate: float = 0.2
     preserve_weight: float = 1.0
     preserve_prompts: int = 180  # base-world prompts for the penalty, none of them among the evaluation's
     eval_prompts: int = 90  # prompts per evaluation set: one per attribute combination
@@ -73,8 +104,14 @@ class DemoConfig:
     eval_steps: int = 20
     eval_width: int | None = None  # of the evaluation pictures; None: the base's own size
     eval_height: int | None = None
+    # The wide set's pictures: the bucket that the domain's 2:1 pictures train at (--resolution 32 has no
+    # 2:1 bucket; 40x24 is the nearest). The frozen UNet only ever learned 32x32, and it draws base-world
+    # prompts 77% right at 40x24 but 43% at 48x24 (2:1), 60% at 64x32 (30 prompts each, 100% at 32x32):
+    # at 40x24 an adapter's gain or loss is less hidden by what the base cannot draw.
+    wide_width: int = 40
+    wide_height: int = 24
     guidance_scale: float = TOY_BASE.guidance_scale
-    loss_images: int = 45  # base-world held-out pictures for the out-of-domain loss
+    loss_images: int = 45  # held-out pictures of each evaluation loss: base world; domain, 2:1 and 1:2
     jobs: int = 2  # commands run side by side
     device: str = "cpu"  # of the evaluation; the scripts choose their own (accelerate, --device auto)
 
@@ -83,15 +120,21 @@ class DemoConfig:
             if name in SHARES:
                 if not 0 <= value < 1:
                     raise ValueError(f"{name} must be in [0, 1), got {value}")
+            elif name in RATES:
+                if not 0 < value < 1:
+                    raise ValueError(f"{name} must be in (0, 1), got {value}")
             elif isinstance(value, float) and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
             elif isinstance(value, int) and not isinstance(value, bool):
                 least = 0 if name == "seed" else 1
                 if value < least:
                     raise ValueError(f"{name} must be at least {least}, got {value}")
+        unknown = [name for name in self.models if name not in ADAPTER_MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be some of {', '.join(ADAPTER_MODELS)}, got {list(self.models)}")
         if (self.eval_width is None) != (self.eval_height is None):
             raise ValueError("eval_width and eval_height: give both or neither")
-        for name in ("eval_width", "eval_height"):
+        for name in ("eval_width", "eval_height", "wide_width", "wide_height"):
             if getattr(self, name) is not None:
                 check_resolution(getattr(self, name), name)
 
@@ -128,6 +171,7 @@ class DemoPaths:
     preserve_prompts: Path = field(init=False)
     runs: Path = field(init=False)
     base_heldout: Path = field(init=False)
+    nonsquare_heldout: Path = field(init=False)  # 2:1 and 1:2 domain pictures for a loss in buckets
     logs: Path = field(init=False)
     samples: Path = field(init=False)
 
@@ -139,10 +183,11 @@ class DemoPaths:
         self.preserve_prompts = self.work / "preserve_prompts.txt"
         self.runs = self.work / "runs"
         self.base_heldout = self.work / "base_world_heldout"
+        self.nonsquare_heldout = self.work / "domain_nonsquare_heldout"
         self.logs = self.work / "logs"
         self.samples = self.images / "samples"  # evaluation sheets, beside the grids the README shows
 
     def adapter(self, model: str) -> Path:
-        kind, preserve = MODELS[model]
-        name = RUN_NAMES[kind] + ("-preserve" if preserve else "")
+        """The adapter file of an evaluated model's run: RUNS/toy-NAME/toy-NAME.safetensors."""
+        name = "toy-" + model.replace("_", "-")
         return self.runs / name / f"{name}.safetensors"

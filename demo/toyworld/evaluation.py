@@ -72,28 +72,55 @@ def sample_sheet(pictures: Pictures, count: int) -> Image.Image:
 
 
 def write_base_world_heldout(folder: str | Path, n: int, seed: int, *, size: int = 32) -> Path:
-    """`n` base-world pictures with plain-word captions (NNNNN.png + NNNNN.txt), a folder `scan_dataset` reads."""
+    """`n` base-world pictures of `size` pixels with plain-word captions (NNNNN.png + NNNNN.txt)."""
+    rng = np.random.default_rng(seed)
+    return _write_pictures(folder, captions.base_world_prompts(n, seed), [(size, size)] * n, rng)
+
+
+def write_domain_nonsquare_heldout(folder: str | Path, n: int, seed: int, *, size: int = 32) -> Path:
+    """`n` domain pictures, each 2:1 or 1:2 with `size` as its shorter side, with training-length tag captions."""
+    rng = np.random.default_rng(seed)
+    prompts = captions.domain_prompts(n, seed, num_tags=captions.TRAIN_NUM_TAGS)
+    return _write_pictures(folder, prompts, captions.picture_sizes(n, size, 1.0, rng), rng)
+
+
+def _write_pictures(
+    folder: str | Path,
+    prompts: Sequence[world.Prompt],
+    sizes: Sequence[tuple[int, int]],
+    rng: np.random.Generator,
+) -> Path:
+    """Each prompt's scene at its size, captioned by the prompt (NNNNN.png + NNNNN.txt): a folder
+    `scan_dataset` reads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    prompts = captions.base_world_prompts(n, seed)
-    rng = np.random.default_rng(seed)
-    pixels = world.render_batch([p.attrs for p in prompts], size, rng).numpy()
-    for index, (prompt, image) in enumerate(zip(prompts, pixels, strict=True)):
+    images = captions.render_at_sizes([p.attrs for p in prompts], sizes, rng)
+    for index, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
         Image.fromarray(image, mode="RGB").save(folder / f"{index:05d}.png")
         with atomic_write(folder / f"{index:05d}.txt") as handle:
             handle.write(prompt.text + "\n")
     return folder
 
 
+@dataclass(frozen=True)
+class LossSet:
+    """A held-out folder for `heldout_losses`; its pictures at the base's square size (`buckets` None), or
+    each whole at the nearest of `buckets`, as --enable_bucket trains them."""
+
+    data_dir: str
+    buckets: tuple[tuple[int, int], ...] | None = None
+
+
 def heldout_losses(
-    base: AltDiffusionBase, models: Models, data_dir: str | Path, *, seed: int, batch_size: int
+    base: AltDiffusionBase, models: Models, loss_set: LossSet, *, seed: int, batch_size: int
 ) -> dict[str, float]:
     """Held-out denoising loss of each model on a dataset folder, as the training scripts compute it."""
     cache = build_latent_cache(
         base,
-        scan_dataset(data_dir),
+        scan_dataset(loss_set.data_dir),
         resolution=default_size(base)[0],
         random_flip=False,
+        buckets=list(loss_set.buckets) if loss_set.buckets else None,
         progress=False,
     )
     scheduler = base.noise_scheduler()
@@ -112,17 +139,18 @@ def heldout_losses(
 
 @dataclass
 class Evaluation:
-    """What `evaluate_models` measured: accuracy[model][set], held-out loss[model], pictures[set][model]."""
+    """What `evaluate_models` measured: accuracy[model][prompt set], held-out loss[model][loss set],
+    pictures[prompt set][model]."""
 
     accuracy: dict[str, dict[str, dict]]
-    loss: dict[str, float]
+    loss: dict[str, dict[str, float]]
     pictures: dict[str, Pictures]
     fingerprint: str  # of the base the models were evaluated on
 
 
 @dataclass(frozen=True)
 class _LossTask:
-    data_dir: str
+    loss_set: LossSet
     seed: int
     batch_size: int
 
@@ -138,17 +166,18 @@ def evaluate_models(
     model_path: str | Path,
     adapter_files: Mapping[str, str | Path],
     prompt_sets: Mapping[str, Sequence[world.Prompt]],
-    settings: RenderSettings,
+    settings: Mapping[str, RenderSettings],
     *,
-    loss_dir: str | Path,
+    loss_sets: Mapping[str, LossSet],
     loss_seed: int,
     loss_batch_size: int,
     jobs: int,
     device: str = "cpu",
 ) -> Evaluation:
-    """Render every prompt set with every model and score it; held-out loss on `loss_dir` too.
+    """Render every prompt set with every model, each set with its `settings[set_name]`, and score it;
+    held-out loss on each of `loss_sets` too.
 
-    The work is split into tasks (the loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
+    The work is split into tasks (each loss, and chunks of `CHUNK_PROMPTS` prompts) run by `jobs` worker
     processes, each with this process's threads / jobs threads: small models run faster on one thread
     each, side by side, than on several threads that wait for each other. The numbers do not depend on
     `jobs`. `device` is where the workers run the models (a GPU makes a quick tuning loop). The workers
@@ -160,12 +189,13 @@ def evaluate_models(
         _RenderTask(
             set_name,
             list(prompts[start : start + CHUNK_PROMPTS]),
-            replace(settings, seed=settings.seed + start),
+            replace(settings[set_name], seed=settings[set_name].seed + start),
         )
         for set_name, prompts in prompt_sets.items()
         for start in range(0, len(prompts), CHUNK_PROMPTS)
     ]
-    tasks = [_LossTask(str(loss_dir), loss_seed, loss_batch_size), *renders]  # the longest task first
+    loss_tasks = [_LossTask(loss_set, loss_seed, loss_batch_size) for loss_set in loss_sets.values()]
+    tasks = [*loss_tasks, *renders]  # the longest tasks first
     if jobs == 1:
         _start_worker(str(model_path), files, threads, device)
         outputs = [_run_task(task) for task in tasks]
@@ -178,9 +208,13 @@ def evaluate_models(
             initargs=(str(model_path), files, threads, device),
         ) as pool:
             outputs = list(pool.map(_run_task, tasks))
-    loss, fingerprint = outputs[0]
+    fingerprint = outputs[0][1]
+    per_set = dict(zip(loss_sets, (losses for losses, _ in outputs[: len(loss_tasks)]), strict=True))
+    loss = {
+        name: {set_name: per_set[set_name][name] for set_name in loss_sets} for name in ["original", *files]
+    }
     pictures: dict[str, Pictures] = {set_name: {} for set_name in prompt_sets}
-    for task, chunk_pictures in zip(renders, outputs[1:], strict=True):
+    for task, chunk_pictures in zip(renders, outputs[len(loss_tasks) :], strict=True):
         for name, rows in chunk_pictures.items():
             pictures[task.set_name].setdefault(name, []).extend(rows)
     accuracy = {
@@ -205,6 +239,6 @@ def _start_worker(model_path: str, adapter_files: dict[str, str], threads: int, 
 def _run_task(task: _LossTask | _RenderTask):
     base, models = _WORKER["base"], _WORKER["models"]
     if isinstance(task, _LossTask):
-        losses = heldout_losses(base, models, task.data_dir, seed=task.seed, batch_size=task.batch_size)
+        losses = heldout_losses(base, models, task.loss_set, seed=task.seed, batch_size=task.batch_size)
         return losses, base.info.fingerprint
     return render_models(base, models, task.prompts, task.settings)
