@@ -188,10 +188,14 @@ def test_attached_to_a_stock_pipeline_it_renders_as_the_renderer_and_detaches_to
             generator=generators,
         ).images
 
+    # The renderer batches tuned and original rows its own way, so a reduction may round one level
+    # apart from the stock call's batch on some CPUs; detaching is compared exactly, to the same call.
+    before = stock_call()
+    assert max_difference(before, ours.original) <= 1
     assert attach_adapter(pipe, path).kind == kind
     assert max_difference(stock_call(), ours.tuned[1.0]) <= 1
     detach_adapter(pipe)
-    assert max_difference(stock_call(), ours.original) == 0
+    assert max_difference(stock_call(), before) == 0
     kind_of(adapter).detach(adapter, base)  # the renderer's use of the same adapter, taken back too
     assert set(base.text_encoder.state_dict()) == keys  # nothing of the adapter left in the encoder
 
