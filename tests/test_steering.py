@@ -34,6 +34,11 @@ def test_an_mlp_steers_the_probe_to_the_domain_and_the_prompt_path_trains(toy_ba
     scores = steer(base, probe, adapters["mlp"], train, heldout, steps=400, learning_rate=3e-3)
     # Chance is 17% per colour and 33% for the shape; an untrained MLP (the identity) reads near chance.
     assert min(scores["fg"], scores["bg"]) >= 0.4 and scores["shape"] >= 0.6, scores
-    before = adapters["prompt"].embeddings.detach().clone()
-    steer(base, probe, adapters["prompt"], train, heldout, steps=2, learning_rate=1e-2)
-    assert not torch.equal(before, adapters["prompt"].embeddings.detach())
+    for name, trained in (
+        ("prompt", "embeddings"),
+        ("prompt, reparameterised", "reparam.2.weight"),  # from zero: moves only if gradients reach it
+        ("prompt, deep", "deep"),
+    ):
+        before = adapters[name].get_parameter(trained).detach().clone()
+        steer(base, probe, adapters[name], train, heldout, steps=2, learning_rate=1e-2)
+        assert not torch.equal(before, adapters[name].get_parameter(trained).detach()), name

@@ -11,11 +11,17 @@ what the encoder lets an adapter express from how well the diffusion loss teache
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from altadapter.adapters.mlp import MLPAdapter, MLPConfig
-from altadapter.adapters.prompt import PromptAdapter, PromptConfig, prompt_attention_mask
+from altadapter.adapters.prompt import (
+    PromptAdapter,
+    PromptConfig,
+    init_deep_prompts,
+    prompt_attention_mask,
+)
 from altadapter.adapters.registry import kind_of
 from altadapter.encoding import encode_tokens, tokenize
 from altadapter.model import AltDiffusionBase
@@ -102,14 +108,22 @@ def steer(
         return probe_scores(probe(features), combo_indices([p.attrs for p in heldout]))[1]
 
 
-def steering_adapters(base: AltDiffusionBase, num_layers: int, num_prompts: int, seed: int) -> dict:
-    """The demo's two write-up adapters, untrained: the MLP at identity, the prompt vectors from real words."""
+def steering_adapters(
+    base: AltDiffusionBase, num_layers: int, num_prompts: int, seed: int, reparam_dim: int = 64
+) -> dict:
+    """The demo's two write-up adapters, untrained (the MLP at identity, the prompt vectors from real
+    words), and the prompt kind's two options where shallow prompts are weak: prefix-tuning's
+    reparameterisation and deep prompts (P-tuning v2) at every encoder layer."""
     generator = torch.Generator().manual_seed(seed)
     words = base.text_encoder.get_input_embeddings().weight.detach().float()
     rows = torch.randint(4, len(words), (num_prompts,), generator=generator)  # past <s>, <pad>, </s>, <unk>
+    shallow = PromptConfig(dim=base.info.hidden_size, num_prompts=num_prompts)
+    deep = PromptAdapter(replace(shallow, depth=base.info.num_layers), words[rows])
+    plain = [t.format(**a.to_dict()) for a in world.all_attributes() for t in captions.BASE_TEMPLATES]
+    init_deep_prompts(base, deep, plain[:64])
     return {
         "mlp": MLPAdapter(MLPConfig(dim=base.info.project_dim, num_layers=num_layers)),
-        "prompt": PromptAdapter(
-            PromptConfig(dim=base.info.hidden_size, num_prompts=num_prompts), words[rows]
-        ),
+        "prompt": PromptAdapter(shallow, words[rows]),
+        "prompt, reparameterised": PromptAdapter(replace(shallow, reparam_dim=reparam_dim), words[rows]),
+        "prompt, deep": deep,
     }
