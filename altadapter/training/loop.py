@@ -40,8 +40,17 @@ class TrainingError(UserError):
 
 def train(config: TrainingConfig) -> Path:
     """Train one adapter on a frozen base as `config` says; returns the final adapter file."""
-    run = setup_run(config)
-    accelerator = run.accelerator
+    threads = torch.get_num_threads()
+    try:
+        run = setup_run(config)  # pins this process's CPU threads (see setup.pin_threads)
+        return run_steps(run)
+    finally:
+        torch.set_num_threads(threads)  # as the caller had it: a run in a library call leaves no trace
+
+
+def run_steps(run: Run) -> Path:
+    """The optimizer steps from the run's step to --max_train_steps, then the adapter file."""
+    config, accelerator = run.config, run.accelerator
     if run.val_cache is not None:
         run.scores["val_loss_original"] = run.held_out_loss(tuned=False)
     bar = tqdm(
@@ -139,6 +148,7 @@ def save_final_adapter(run: Run) -> Path:
             **run.scores,
             # What one step costs, to compare kinds; the median leaves out validation and checkpoint steps.
             "seconds_per_step": statistics.median(run.step_seconds) if run.step_seconds else None,
+            "num_threads": run.checkpoint_info["num_threads"],
             "training": json.dumps({k: v for k, v in config.flags().items() if v is not None}, default=str),
         }
         save_adapter(
