@@ -24,11 +24,10 @@ from altadapter.adapter_io import save_adapter
 from altadapter.errors import UserError
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
-from altadapter.training.checkpoints import (
-    save_checkpoint,
-)
+from altadapter.training.checkpoints import save_checkpoint, tensor_bytes
 from altadapter.training.config import TrainingConfig
 from altadapter.training.losses import diffusion_loss
+from altadapter.training.processes import write_on_main_process
 from altadapter.training.setup import Run, setup_run
 
 logger = logging.getLogger(__name__)
@@ -61,18 +60,18 @@ def run_steps(run: Run) -> Path:
     )
     micro_step = run.step * config.optim.gradient_accumulation_steps
     started = time.perf_counter()
-    while run.step < config.optim.max_train_steps:
-        with accelerator.accumulate(run.adapter):
-            loss = training_step(run, micro_step)
-        micro_step += 1
-        if accelerator.sync_gradients:
-            run.step += 1
-            logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
-            run.step_seconds.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-    bar.close()
+    with bar:  # closed on an error too, so that the error's one line starts a line of its own
+        while run.step < config.optim.max_train_steps:
+            with accelerator.accumulate(run.adapter):
+                loss = training_step(run, micro_step)
+            micro_step += 1
+            if accelerator.sync_gradients:
+                run.step += 1
+                logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
+                run.step_seconds.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
     return save_final_adapter(run)
 
 
@@ -127,14 +126,20 @@ def after_sync_step(run: Run, loss: torch.Tensor) -> dict[str, float]:
             save_validation_samples(run.base, run.unwrapped_adapter, run.sample_prompts, config, folder)
     accelerator.log(logs, step=step)
     if step % config.output.checkpointing_steps == 0 or last:
-        run.last_checkpoint = save_checkpoint(
-            accelerator,
-            run.run_dir,
-            step,
-            run.checkpoint_info,
-            total_limit=config.output.checkpoints_total_limit,
-        )
+        save_run_checkpoint(run)
     return logs
+
+
+def save_run_checkpoint(run: Run) -> None:
+    """Save `checkpoint-STEP` of the run as it is now, as every checkpoint is saved."""
+    run.last_checkpoint = save_checkpoint(
+        run.accelerator,
+        run.run_dir,
+        run.step,
+        run.checkpoint_info,
+        total_limit=run.config.output.checkpoints_total_limit,
+        size_hint=tensor_bytes(run.unwrapped_adapter.state_dict(), run.optimizer.state_dict()),
+    )
 
 
 def save_final_adapter(run: Run) -> Path:
@@ -143,7 +148,8 @@ def save_final_adapter(run: Run) -> Path:
     trained = config.adapter_kind.for_file(run.unwrapped_adapter)
     logger.info("adapter %s on process %d", adapter_digest(trained), accelerator.process_index)
     final = run.run_dir / f"{config.output.name}.safetensors"
-    if accelerator.is_main_process:
+
+    def write() -> None:
         extra = {
             **run.scores,
             # What one step costs, to compare kinds; the median leaves out validation and checkpoint steps.
@@ -155,14 +161,21 @@ def save_final_adapter(run: Run) -> Path:
             final, trained, run.base.info, step=run.step, save_dtype=config.output.save_dtype, extra=extra
         )
         logger.info("saved %s (step %d)", final, run.step)
-    accelerator.wait_for_everyone()
+
+    write_on_main_process(accelerator, write)
+    end_run(run)
+    return final
+
+
+def end_run(run: Run) -> None:
+    """Wait for every process, free what the run holds across them and end accelerate's trackers."""
+    run.accelerator.wait_for_everyone()
     # DDP's reducer holds the process group: freed after end_training destroyed the group and a peer
     # exited, gloo's teardown can hang (docs/DESIGN.md); free it while every process is still here.
     run.adapter = run.unwrapped_adapter
-    accelerator.free_memory()
+    run.accelerator.free_memory()
     gc.collect()
-    accelerator.end_training()
-    return final
+    run.accelerator.end_training()
 
 
 def save_validation_samples(
