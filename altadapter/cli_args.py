@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
-from altadapter.errors import OutputError, UserError
+from altadapter.errors import OutputError, Stopped, UserError
 
 DEFAULT_MODEL = "BAAI/AltDiffusion-m9"
 
@@ -18,10 +18,13 @@ def user_errors(verbose: bool = False) -> Iterator[None]:
     """Show an error the user acts on as one line on stderr, with its exit status, instead of a traceback.
 
     A mistake (ValueError, UserError) is `error: ...` and exit 2, as argparse does for bad flags; a file
-    that could not be written (OutputError) is `error: ...` and exit 1. --verbose keeps the traceback.
+    that could not be written (OutputError) is `error: ...` and exit 1; a run stopped by a signal (Stopped),
+    which has printed how to resume, exits 128 + the signal's number. --verbose keeps an error's traceback.
     """
     try:
         yield
+    except Stopped as stop:
+        raise SystemExit(stop.status) from None
     except (ValueError, UserError, OutputError) as error:
         if verbose:
             raise

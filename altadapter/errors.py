@@ -17,3 +17,17 @@ class OutputError(Exception):
     def __init__(self, message: str, *, shown: bool = True) -> None:
         super().__init__(message)
         self.shown = shown
+
+
+class Stopped(Exception):
+    """A run stopped by a signal after saving a checkpoint; the message says how to resume it.
+
+    The run has printed the message already, from the main process, before its processes parted (a
+    launcher signals the others once one has exited). `status` is what a shell reports for a process
+    the signal ended, 128 + its number (143 for SIGTERM, 130 for SIGINT), so a scheduler or a script
+    sees the status it would see without this handling.
+    """
+
+    def __init__(self, message: str, *, signal_number: int) -> None:
+        super().__init__(message)
+        self.status = 128 + signal_number

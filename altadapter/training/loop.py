@@ -3,6 +3,8 @@
 `train` reads top to bottom: `setup_run` (training.setup), then `training_step` per micro-step under
 accelerate's `accumulate` and `after_sync_step` per optimizer step (log, validate, checkpoint only when
 gradients sync), then `save_final_adapter`. Why a resumed run is exact: see `training.batches`.
+A SIGTERM or SIGINT ends the loop after the optimizer step it arrives in, every process at the same
+step, with a checkpoint (`training.preemption`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from altadapter.adapter_io import save_adapter
-from altadapter.errors import UserError
+from altadapter.errors import Stopped, UserError
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
 from altadapter.training.checkpoints import save_checkpoint, tensor_bytes
 from altadapter.training.config import TrainingConfig
 from altadapter.training.losses import diffusion_loss
-from altadapter.training.processes import write_on_main_process
+from altadapter.training.preemption import StopSignals
+from altadapter.training.processes import max_over_processes, write_on_main_process
 from altadapter.training.setup import Run, setup_run
 
 logger = logging.getLogger(__name__)
@@ -38,17 +43,22 @@ class TrainingError(UserError):
 
 
 def train(config: TrainingConfig) -> Path:
-    """Train one adapter on a frozen base as `config` says; returns the final adapter file."""
+    """Train one adapter on a frozen base as `config` says; returns the final adapter file.
+
+    Raises Stopped after saving a checkpoint when a SIGTERM or SIGINT arrived during training.
+    """
     threads = torch.get_num_threads()
     try:
         run = setup_run(config)  # pins this process's CPU threads (see setup.pin_threads)
-        return run_steps(run)
+        with StopSignals() as signals:
+            run_steps(run, signals)
+        return save_final_adapter(run)
     finally:
         torch.set_num_threads(threads)  # as the caller had it: a run in a library call leaves no trace
 
 
-def run_steps(run: Run) -> Path:
-    """The optimizer steps from the run's step to --max_train_steps, then the adapter file."""
+def run_steps(run: Run, signals: StopSignals) -> None:
+    """The optimizer steps from the run's step to --max_train_steps, unless a signal stops them first."""
     config, accelerator = run.config, run.accelerator
     if run.val_cache is not None:
         run.scores["val_loss_original"] = run.held_out_loss(tuned=False)
@@ -72,7 +82,11 @@ def run_steps(run: Run) -> Path:
                 started = time.perf_counter()
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-    return save_final_adapter(run)
+                # Every process takes part each step, so all stop at the same one wherever the signal came.
+                number = max_over_processes(accelerator, signals.received)
+                if number and run.step < config.optim.max_train_steps:
+                    bar.close()
+                    stop_at_signal(run, number)
 
 
 def training_step(run: Run, micro_step: int) -> torch.Tensor:
@@ -140,6 +154,26 @@ def save_run_checkpoint(run: Run) -> None:
         total_limit=run.config.output.checkpoints_total_limit,
         size_hint=tensor_bytes(run.unwrapped_adapter.state_dict(), run.optimizer.state_dict()),
     )
+
+
+def stop_at_signal(run: Run, number: int) -> None:
+    """Save a checkpoint of this step (unless the periodic one just did), say how to resume, raise Stopped."""
+    checkpoint = run.run_dir / f"checkpoint-{run.step}"
+    if run.last_checkpoint != checkpoint:
+        save_run_checkpoint(run)
+    accelerator = run.accelerator
+    digest = adapter_digest(run.unwrapped_adapter)
+    logger.info(
+        "stopped at step %d with adapter %s on process %d", run.step, digest, accelerator.process_index
+    )
+    message = (
+        f"stopped by {signal.Signals(number).name} at step {run.step}: checkpoint saved to {checkpoint}; "
+        "resume with the same command and --resume_from_checkpoint latest"
+    )
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)
+    end_run(run)  # a barrier first: no process exits (and has a launcher signal the rest) before the line
+    raise Stopped(message, signal_number=number)
 
 
 def save_final_adapter(run: Run) -> Path:
