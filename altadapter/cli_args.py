@@ -8,24 +8,29 @@ import logging
 import sys
 from collections.abc import Iterator
 
-from altadapter.errors import UserError
+from altadapter.errors import OutputError, Stopped, UserError
 
 DEFAULT_MODEL = "BAAI/AltDiffusion-m9"
 
 
 @contextlib.contextmanager
 def user_errors(verbose: bool = False) -> Iterator[None]:
-    """Show a user's mistake as one `error: ...` line on stderr and exit 2, as argparse does for bad flags.
+    """Show an error the user acts on as one line on stderr, with its exit status, instead of a traceback.
 
-    ValueError counts as such a mistake (a bad value, a bad file); --verbose keeps the traceback instead.
+    A mistake (ValueError, UserError) is `error: ...` and exit 2, as argparse does for bad flags; a file
+    that could not be written (OutputError) is `error: ...` and exit 1; a run stopped by a signal (Stopped),
+    which has printed how to resume, exits 128 + the signal's number. --verbose keeps an error's traceback.
     """
     try:
         yield
-    except (ValueError, UserError) as error:
+    except Stopped as stop:
+        raise SystemExit(stop.status) from None
+    except (ValueError, UserError, OutputError) as error:
         if verbose:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if getattr(error, "shown", True):
+            print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, OutputError) else 2) from None
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

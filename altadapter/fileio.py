@@ -1,13 +1,17 @@
-"""Atomic file writes: a crash or a kill leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a crash, a kill or a full disk leaves either the old file or the new one, never half
+of one; a write that fails names the file and the bytes it needed."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from altadapter.errors import OutputError
 
 
 def _umask() -> int:
@@ -58,14 +62,43 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
     return Path(tmp_name)
 
 
-def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Write a `.safetensors` file atomically: safetensors writes by name, so a temporary name is renamed."""
-    # Imported here: the data scripts use this module and start without loading torch.
-    from safetensors.torch import save_file
-
-    tmp = temp_path_beside(path)
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically; a failed write (a full disk, a read-only folder) is an OutputError
+    that names the file and its size, and leaves whatever `path` held before."""
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        atomic_replace_from(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_write(path, "wb") as handle:
+            handle.write(data)
+    except OSError as error:
+        raise OutputError(describe_write_failure(Path(path), len(data), error)) from error
+
+
+def describe_write_failure(path: Path, needed: int, error: BaseException, *, about: bool = False) -> str:
+    """`could not write PATH (why): it needs N bytes and M are free there`, for an OutputError's line."""
+    if isinstance(error, OSError) and error.errno:
+        reason = error.strerror or os.strerror(error.errno)
+    else:  # torch.save reports a failed write as a RuntimeError without an errno
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+    return (
+        f"could not write {path} ({reason}): it needs {'about ' if about else ''}{needed:,} bytes and "
+        f"{free_bytes(path):,} are free there"
+    )
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing folder)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a `.safetensors` file atomically, as `write_bytes` writes.
+
+    Serialised in memory first: safetensors' own file writer can drop a failed final write without an
+    error (a full disk then leaves a short file), while Python's write, flush and fsync raise it.
+    """
+    # Imported here: the data scripts use this module and start without loading torch.
+    from safetensors.torch import save
+
+    write_bytes(path, save(tensors, metadata=metadata))

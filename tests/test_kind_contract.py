@@ -296,6 +296,9 @@ def test_a_killed_bf16_run_resumes_through_the_script_to_the_same_adapter_bit_fo
         "0.5",
         "--mixed_precision",
         "bf16",
+        # Pinned in the reference (this process) and both script runs: exact only with one thread count.
+        "--num_threads",
+        "1",
     ]
     reference = train_in_process(
         kind, common_args(colour_dataset, roomy_model_dir, tmp_path / "whole", "run", *flags)

@@ -191,6 +191,14 @@ def add_precision_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="recompute UNet activations in the backward pass: less memory, ~30%% slower",
     )
+    speed.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="CPU threads of each process's math, fixed for the run and recorded in its checkpoints (a "
+        "resumed run is exact only with the same count); unset: the checkpoint's when resuming, else "
+        "OMP_NUM_THREADS or torch's default",
+    )
 
 
 def add_validation_args(parser: argparse.ArgumentParser) -> None:

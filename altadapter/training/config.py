@@ -149,6 +149,11 @@ class PrecisionConfig:
     mixed_precision: str | None
     allow_tf32: bool
     gradient_checkpointing: bool
+    num_threads: int | None
+
+    def __post_init__(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"--num_threads must be at least 1, got {self.num_threads}")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 `train` reads top to bottom: `setup_run` (training.setup), then `training_step` per micro-step under
 accelerate's `accumulate` and `after_sync_step` per optimizer step (log, validate, checkpoint only when
 gradients sync), then `save_final_adapter`. Why a resumed run is exact: see `training.batches`.
+A SIGTERM or SIGINT ends the loop after the optimizer step it arrives in, every process at the same
+step, with a checkpoint (`training.preemption`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,14 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from altadapter.adapter_io import save_adapter
-from altadapter.errors import UserError
+from altadapter.errors import Stopped, UserError
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.sampler import RenderSettings, render_comparison, save_comparison
-from altadapter.training.checkpoints import (
-    save_checkpoint,
-)
+from altadapter.training.checkpoints import save_checkpoint, tensor_bytes
 from altadapter.training.config import TrainingConfig
 from altadapter.training.losses import diffusion_loss
+from altadapter.training.preemption import StopSignals
+from altadapter.training.processes import max_over_processes, write_on_main_process
 from altadapter.training.setup import Run, setup_run
 
 logger = logging.getLogger(__name__)
@@ -39,9 +43,23 @@ class TrainingError(UserError):
 
 
 def train(config: TrainingConfig) -> Path:
-    """Train one adapter on a frozen base as `config` says; returns the final adapter file."""
-    run = setup_run(config)
-    accelerator = run.accelerator
+    """Train one adapter on a frozen base as `config` says; returns the final adapter file.
+
+    Raises Stopped after saving a checkpoint when a SIGTERM or SIGINT arrived during training.
+    """
+    threads = torch.get_num_threads()
+    try:
+        run = setup_run(config)  # pins this process's CPU threads (see setup.pin_threads)
+        with StopSignals() as signals:
+            run_steps(run, signals)
+        return save_final_adapter(run)
+    finally:
+        torch.set_num_threads(threads)  # as the caller had it: a run in a library call leaves no trace
+
+
+def run_steps(run: Run, signals: StopSignals) -> None:
+    """The optimizer steps from the run's step to --max_train_steps, unless a signal stops them first."""
+    config, accelerator = run.config, run.accelerator
     if run.val_cache is not None:
         run.scores["val_loss_original"] = run.held_out_loss(tuned=False)
     bar = tqdm(
@@ -52,19 +70,23 @@ def train(config: TrainingConfig) -> Path:
     )
     micro_step = run.step * config.optim.gradient_accumulation_steps
     started = time.perf_counter()
-    while run.step < config.optim.max_train_steps:
-        with accelerator.accumulate(run.adapter):
-            loss = training_step(run, micro_step)
-        micro_step += 1
-        if accelerator.sync_gradients:
-            run.step += 1
-            logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
-            run.step_seconds.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-    bar.close()
-    return save_final_adapter(run)
+    with bar:  # closed on an error too, so that the error's one line starts a line of its own
+        while run.step < config.optim.max_train_steps:
+            with accelerator.accumulate(run.adapter):
+                loss = training_step(run, micro_step)
+            micro_step += 1
+            if accelerator.sync_gradients:
+                run.step += 1
+                logs = after_sync_step(run, loss)  # its loss.item() waits for the device: the step is done
+                run.step_seconds.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                # Every process takes part each step, so all stop at the same one wherever the signal came.
+                number = max_over_processes(accelerator, signals.received)
+                if number and run.step < config.optim.max_train_steps:
+                    bar.close()
+                    stop_at_signal(run, number)
 
 
 def training_step(run: Run, micro_step: int) -> torch.Tensor:
@@ -118,14 +140,40 @@ def after_sync_step(run: Run, loss: torch.Tensor) -> dict[str, float]:
             save_validation_samples(run.base, run.unwrapped_adapter, run.sample_prompts, config, folder)
     accelerator.log(logs, step=step)
     if step % config.output.checkpointing_steps == 0 or last:
-        run.last_checkpoint = save_checkpoint(
-            accelerator,
-            run.run_dir,
-            step,
-            run.checkpoint_info,
-            total_limit=config.output.checkpoints_total_limit,
-        )
+        save_run_checkpoint(run)
     return logs
+
+
+def save_run_checkpoint(run: Run) -> None:
+    """Save `checkpoint-STEP` of the run as it is now, as every checkpoint is saved."""
+    run.last_checkpoint = save_checkpoint(
+        run.accelerator,
+        run.run_dir,
+        run.step,
+        run.checkpoint_info,
+        total_limit=run.config.output.checkpoints_total_limit,
+        size_hint=tensor_bytes(run.unwrapped_adapter.state_dict(), run.optimizer.state_dict()),
+    )
+
+
+def stop_at_signal(run: Run, number: int) -> None:
+    """Save a checkpoint of this step (unless the periodic one just did), say how to resume, raise Stopped."""
+    checkpoint = run.run_dir / f"checkpoint-{run.step}"
+    if run.last_checkpoint != checkpoint:
+        save_run_checkpoint(run)
+    accelerator = run.accelerator
+    digest = adapter_digest(run.unwrapped_adapter)
+    logger.info(
+        "stopped at step %d with adapter %s on process %d", run.step, digest, accelerator.process_index
+    )
+    message = (
+        f"stopped by {signal.Signals(number).name} at step {run.step}: checkpoint saved to {checkpoint}; "
+        "resume with the same command and --resume_from_checkpoint latest"
+    )
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)
+    end_run(run)  # a barrier first: no process exits (and has a launcher signal the rest) before the line
+    raise Stopped(message, signal_number=number)
 
 
 def save_final_adapter(run: Run) -> Path:
@@ -134,25 +182,34 @@ def save_final_adapter(run: Run) -> Path:
     trained = config.adapter_kind.for_file(run.unwrapped_adapter)
     logger.info("adapter %s on process %d", adapter_digest(trained), accelerator.process_index)
     final = run.run_dir / f"{config.output.name}.safetensors"
-    if accelerator.is_main_process:
+
+    def write() -> None:
         extra = {
             **run.scores,
             # What one step costs, to compare kinds; the median leaves out validation and checkpoint steps.
             "seconds_per_step": statistics.median(run.step_seconds) if run.step_seconds else None,
+            "num_threads": run.checkpoint_info["num_threads"],
             "training": json.dumps({k: v for k, v in config.flags().items() if v is not None}, default=str),
         }
         save_adapter(
             final, trained, run.base.info, step=run.step, save_dtype=config.output.save_dtype, extra=extra
         )
         logger.info("saved %s (step %d)", final, run.step)
-    accelerator.wait_for_everyone()
+
+    write_on_main_process(accelerator, write)
+    end_run(run)
+    return final
+
+
+def end_run(run: Run) -> None:
+    """Wait for every process, free what the run holds across them and end accelerate's trackers."""
+    run.accelerator.wait_for_everyone()
     # DDP's reducer holds the process group: freed after end_training destroyed the group and a peer
     # exited, gloo's teardown can hang (docs/DESIGN.md); free it while every process is still here.
     run.adapter = run.unwrapped_adapter
-    accelerator.free_memory()
+    run.accelerator.free_memory()
     gc.collect()
-    accelerator.end_training()
-    return final
+    run.accelerator.end_training()
 
 
 def save_validation_samples(

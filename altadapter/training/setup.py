@@ -87,7 +87,8 @@ def setup_run(config: TrainingConfig) -> Run:
     resume_info = read_checkpoint_info(resume) if resume else None
     if resume:
         check_checkpoint_kind(resume, resume_info, kind.name)
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config)  # may set the threads of a multi-process CPU run: pin after it
+    num_threads = pin_threads(config.precision.num_threads, resume_info)
     sample_prompts = (
         read_prompts(config.validation.validation_prompts, flag="--validation_prompts")
         if (config.validation.validation_prompts)
@@ -142,6 +143,7 @@ def setup_run(config: TrainingConfig) -> Run:
             "config": config_dict(adapter),
             "base_fingerprint": base.info.fingerprint,
             "model_path": config.model_path,
+            "num_threads": num_threads,
         },
     )
     if resume:
@@ -149,6 +151,28 @@ def setup_run(config: TrainingConfig) -> Run:
         run.step, run.last_checkpoint = resume_info["step"], resume
         logger.info("resumed from %s at step %d", resume, run.step)
     return run
+
+
+def pin_threads(requested: int | None, resume_info: dict | None) -> int:
+    """Fix this process's CPU threads for the whole run: --num_threads, else the resumed checkpoint's,
+    else what torch starts with (OMP_NUM_THREADS, or the cores); returns the count checkpoints record.
+
+    Why: a CPU reduction (a sum, a matrix product's inner sums) split over N threads adds its partial
+    results in an order that depends on N, and until torch.set_num_threads is called MKL may pick fewer
+    threads for a call on its own (MKL_DYNAMIC). A resumed run matches an uninterrupted one bit for bit
+    only with the same count, so it takes the checkpoint's unless told otherwise.
+    """
+    recorded = resume_info.get("num_threads") if resume_info else None
+    threads = requested or recorded or torch.get_num_threads()
+    if recorded and threads != recorded:
+        logger.warning(
+            "--num_threads %d: the checkpoint was trained with %d, so the resumed run will not match an "
+            "uninterrupted one bit for bit",
+            threads,
+            recorded,
+        )
+    torch.set_num_threads(threads)  # also when unchanged: it is what turns MKL's own choice off
+    return threads
 
 
 def load_records(config: TrainingConfig, accelerator: Accelerator) -> tuple[list[Record], list[Record]]:
