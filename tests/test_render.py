@@ -108,6 +108,26 @@ def test_batched_rows_match_each_row_rendered_alone_with_ancestral_noise(tiny_ba
         assert not np.array_equal(*pixels(result.original))  # each image has its own noise
 
 
+def test_scale_zero_is_the_original_row_whatever_batch_it_would_fall_in(tiny_base):
+    # CPU kernels round by batch size (a UNet batch of 4 and one of 10 differ by ~2e-6 here); the hook makes
+    # that dependence big enough to show in every pixel. With 5 images a batch, prompt 1's original would
+    # share a batch with one other image, its scale-0 twin with four.
+    def batch_dependent(module, args, output):
+        return (output[0] + 0.05 * output[0].shape[0],)
+
+    settings = dataclasses.replace(FAST, scales=(0.0, 1.0), max_batch=5)
+    hook = tiny_base.unet.register_forward_hook(batch_dependent)
+    try:
+        batched = render_comparison(
+            tiny_base, strong_mlp(tiny_base), PROMPTS, settings=settings, progress=False
+        )
+    finally:
+        hook.remove()
+    for result in batched:
+        assert np.array_equal(pixels(result.tuned[0.0]), pixels(result.original))
+        assert result.tuned[0.0] is not result.original  # equal images, but each row its own list
+
+
 def test_conditionings_of_different_lengths_share_the_loop_in_groups(tiny_base):
     # A 77-token base with prompt vectors: tuned conditioning is longer than the original's.
     short = dataclasses.replace(tiny_base, info=dataclasses.replace(tiny_base.info, model_max_length=16))
