@@ -14,9 +14,11 @@ import logging
 import math
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -39,7 +41,41 @@ class TrainingError(UserError):
 
 
 def train(config: TrainingConfig) -> Path:
-    """Train one adapter on a frozen base as `config` says; returns the final adapter file."""
+    """Train one adapter on a frozen base as `config` says; returns the final adapter file.
+
+    Every way out, a return or an error, ends the same: the DDP wrapper is freed, then the process group
+    destroyed. DDP's reducer holds the group, so a wrapper still alive at destroy_process_group keeps the
+    gloo group until the wrapper goes, which at interpreter exit may be after a peer process has gone.
+    """
+    try:
+        return _train(config)
+    except BaseException as error:
+        # The failed frames (the run, DDP's own forward) hold the wrapper: clear their locals so it goes
+        # now. The traceback still shows every line.
+        _clear_frames(error)
+        raise
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the process group of a distributed run (nothing otherwise), after the wrappers are freed."""
+    gc.collect()  # a wrapper caught in a reference cycle
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        PartialState().destroy_process_group()
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames of `error`'s traceback and of the exceptions it chains."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _train(config: TrainingConfig) -> Path:
+    """train's run; returning drops the run and with it the DDP wrapper."""
     run = setup_run(config)
     accelerator = run.accelerator
     if run.val_cache is not None:
@@ -146,12 +182,9 @@ def save_final_adapter(run: Run) -> Path:
         )
         logger.info("saved %s (step %d)", final, run.step)
     accelerator.wait_for_everyone()
-    # DDP's reducer holds the process group: freed after end_training destroyed the group and a peer
-    # exited, gloo's teardown can hang (docs/DESIGN.md); free it while every process is still here.
-    run.adapter = run.unwrapped_adapter
-    accelerator.free_memory()
-    gc.collect()
-    accelerator.end_training()
+    # What end_training does but destroying the process group: train does that once the run is freed.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return final
 
 
