@@ -28,7 +28,7 @@ from altadapter.rendering.sampler import (
     render_rows,
     save_comparison,
 )
-from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.schedulers import SCHEDULERS, TooFewStepsError, least_steps, make_scheduler
 
 PROMPTS = ["1girl, solo, red hair", "a cat on a blue house"]
 # DDIM gives usable pixels in 3 steps; PNDM needs 10 to get past its Runge-Kutta warm-up.
@@ -80,6 +80,28 @@ def test_original_row_is_the_stock_pipeline_pixel_for_pixel(tiny_base, scheduler
         generator=[torch.Generator().manual_seed(image_seed(0, 0, j)) for j in range(2)],
     ).images
     assert np.array_equal(pixels(ours), pixels(stock))
+
+
+@pytest.mark.parametrize("skip_prk_steps", [False, True])
+def test_each_scheduler_renders_its_least_steps_and_refuses_fewer_in_one_line(tiny_base, skip_prk_steps):
+    # m9's scheduler config (a DDIM one) leaves skip_prk_steps unset: PNDM then warms up with Runge-Kutta.
+    base = dataclasses.replace(
+        tiny_base, scheduler_config={**tiny_base.scheduler_config, "skip_prk_steps": skip_prk_steps}
+    )
+    for name in SCHEDULERS:
+        least = least_steps(name, base.scheduler_config)
+        assert least == (4 if name == "pndm" and not skip_prk_steps else 1)
+        settings = RenderSettings(
+            num_images=1, num_inference_steps=least, scheduler=name, height=16, width=16
+        )
+        (result,) = render_comparison(base, None, PROMPTS[:1], settings=settings, progress=False)
+        assert len(result.original) == 1
+        if least > 1:
+            with pytest.raises(ValueError, match="could not be broadcast"):  # what diffusers says itself
+                make_scheduler(base, name).set_timesteps(least - 1)
+            fewer = dataclasses.replace(settings, num_inference_steps=least - 1)
+            with pytest.raises(TooFewStepsError, match=f"needs at least {least} .*--scheduler ddim or"):
+                render_comparison(base, None, PROMPTS[:1], settings=fewer, progress=False)
 
 
 def test_identity_mlp_at_scale_one_renders_exactly_the_original(tiny_base):

@@ -233,6 +233,13 @@ def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
         ("text_encoder_gen_show.py", "other_base", [], "trained on other-model .*--allow_other_base"),
         ("text_encoder_gen_show_mlp.py", "mlp", ["--compare_with", "TMP"], "no render.json there"),
         ("text_encoder_gen_show_mlp.py", "mlp", ["--clip_model", "TMP"], "--clip_model .*: no config.json"),
+        (
+            "text_encoder_gen_show.py",
+            "prompt",
+            ["--scheduler", "pndm", "--num_inference_steps", "2"],
+            r"--num_inference_steps 2 is too few for --scheduler pndm, which needs at least 4 on this model: "
+            r"use --num_inference_steps 4 or more, or --scheduler ddim or dpm\+\+2m or euler_a$",
+        ),
     ],
 )
 def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
@@ -242,7 +249,7 @@ def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
     adapter_path = files.get(adapter, tmp_path / adapter)
     argv = ["--model_path", str(tiny_model_dir), "--adapter", str(adapter_path), "--prompt", "a cat"]
     extra = [str(tmp_path) if flag == "TMP" else flag for flag in extra]
-    args = functions["parse_args"]([*argv, "--output_dir", str(tmp_path / "out"), *extra, *SCRIPT_FLAGS])
+    args = functions["parse_args"]([*argv, "--output_dir", str(tmp_path / "out"), *SCRIPT_FLAGS, *extra])
     with pytest.raises(SystemExit) as exit_info:
         functions["main"](args)
     assert exit_info.value.code == 2  # as argparse exits for a bad flag

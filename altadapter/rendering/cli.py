@@ -15,11 +15,12 @@ from altadapter.adapters import get_kind
 from altadapter.cli_args import setup_logging, user_errors
 from altadapter.data.prompts import read_prompts
 from altadapter.devices import dtype_name, resolve_device, resolve_dtype
-from altadapter.model import load_base
+from altadapter.model import load_base, load_scheduler_config
 from altadapter.rendering import report
 from altadapter.rendering.args import settings_from_args
 from altadapter.rendering.clip_score import ClipScorer, prompt_scores
 from altadapter.rendering.sampler import render_comparison, save_comparison
+from altadapter.rendering.schedulers import check_steps
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace, kind: str | None) -> None:
             report.check_comparable(
                 header.kind, prompts, report.read_record(args.compare_with), args.compare_with
             )
+        check_steps(settings.scheduler, settings.num_inference_steps, load_scheduler_config(args.model_path))
         base = load_base(args.model_path, device=device, dtype=dtype)
         adapter, metadata = load_adapter(
             args.adapter, base.info, expected_kind=kind, allow_other_base=args.allow_other_base

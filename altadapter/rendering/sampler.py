@@ -34,7 +34,7 @@ from altadapter.data.images import check_resolution
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.grids import image_grid, labelled_rows
-from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.schedulers import SCHEDULERS, check_steps, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,7 @@ def render_rows(
     Models are used as found: no change to train/eval mode or requires_grad, so training can call this.
     """
     settings = settings.sized(base)
+    check_steps(settings.scheduler, settings.num_inference_steps, base.scheduler_config)
     # Rows of one conditioning (the original, any scale-0 row) are rendered once and shared: CPU kernels
     # round by batch size and position, so a twin rendered in another batch could come out a level apart.
     keys = [Row() if is_original(row.adapter, row.scale) else row for row in rows]
