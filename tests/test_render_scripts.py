@@ -21,8 +21,9 @@ from altadapter.adapters.lora import LoRAAdapter, LoRAConfig
 from altadapter.adapters.mlp import MLPAdapter, MLPConfig
 from altadapter.adapters.prompt import PromptAdapter, PromptConfig
 from altadapter.adapters.vocab import VocabAdapter, VocabConfig
+from altadapter.model import load_base
 from altadapter.rendering.clip_score import ClipScorer
-from altadapter.testing.tiny_models import BASIC_WORDS, build_tokenizer
+from altadapter.testing.tiny_models import BASIC_WORDS, PRESETS, build_model_dir, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_PROMPT = ", ".join(["red hair"] * 30)
@@ -256,6 +257,32 @@ def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and re.search(message, line)
     assert not (tmp_path / "out").exists()
+
+
+def render_in_process(script: str, output_dir: Path, *argv: str | Path) -> None:
+    functions = load_script(script)
+    functions["main"](
+        functions["parse_args"]([*map(str, argv), "--output_dir", str(output_dir), *SCRIPT_FLAGS])
+    )
+
+
+def test_embedding_rows_without_a_token_are_no_nearest_tokens(tmp_path):
+    # As checkpoints pad their embedding matrices: rows past the tokenizer's, here the learned vectors' nearest.
+    model = build_model_dir(tmp_path / "padded", dataclasses.replace(PRESETS["tiny"], padded_rows=6))
+    base = load_base(model)
+    vocab = len(base.tokenizer)
+    padding = base.text_encoder.get_input_embeddings().weight[vocab:]
+    assert len(padding) == 6
+    adapter = PromptAdapter(PromptConfig(dim=base.info.hidden_size, num_prompts=2), padding[:2].clone())
+    path = save_adapter(tmp_path / "prompt.safetensors", adapter, base.info)
+    output_dir = tmp_path / "out"
+    render_in_process(
+        "text_encoder_gen_show.py", output_dir, "--model_path", model, "--adapter", path, "--prompt", "a cat"
+    )
+    nearest = json.loads((output_dir / "render.json").read_text(encoding="utf-8"))["nearest_tokens"]
+    assert [len(tokens) for tokens in nearest] == [5, 5]
+    assert all(token in base.tokenizer.get_vocab() for tokens in nearest for token, _ in tokens)
+    assert "## Nearest vocabulary tokens" in (output_dir / "report.md").read_text(encoding="utf-8")
 
 
 def test_an_empty_prompts_file_says_to_run_prompts_generator(files, tmp_path, capsys):
