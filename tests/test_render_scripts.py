@@ -22,6 +22,7 @@ from altadapter.adapters.mlp import MLPAdapter, MLPConfig
 from altadapter.adapters.prompt import PromptAdapter, PromptConfig
 from altadapter.adapters.vocab import VocabAdapter, VocabConfig
 from altadapter.model import load_base
+from altadapter.rendering import report
 from altadapter.rendering.clip_score import ClipScorer
 from altadapter.testing.tiny_models import BASIC_WORDS, PRESETS, build_model_dir, build_tokenizer
 
@@ -283,6 +284,32 @@ def test_embedding_rows_without_a_token_are_no_nearest_tokens(tmp_path):
     assert [len(tokens) for tokens in nearest] == [5, 5]
     assert all(token in base.tokenizer.get_vocab() for tokens in nearest for token, _ in tokens)
     assert "## Nearest vocabulary tokens" in (output_dir / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_failed_report_says_so_and_leaves_the_images(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", full_disk)
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        render_in_process(
+            "text_encoder_gen_show.py",
+            output_dir,
+            *("--model_path", tiny_model_dir, "--adapter", files["prompt"], "--prompt", "a cat"),
+        )
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: 3 image files are written in {output_dir}, but their report failed: "
+        "OSError: [Errno 28] No space left on device"
+    )
+    names = sorted(path.name for path in output_dir.iterdir())
+    assert names == [
+        "compare_0_with_samples_2_with_steps_2.png",
+        "grid_0_with_samples_2_with_steps_2.png",
+        "grid_0_with_samples_2_with_steps_2_original.png",
+        "render.json",
+    ]
 
 
 def test_an_empty_prompts_file_says_to_run_prompts_generator(files, tmp_path, capsys):
