@@ -105,7 +105,8 @@ def resolve_model_path(model_path: str | Path, files: list[str] = MODEL_FILES) -
 
 def check_model_dir(path: Path) -> None:
     """Fail with one clear line unless `path` holds an AltDiffusion-family diffusers folder."""
-    for part in ("model_index.json", "text_encoder/config.json", "unet/config.json", "vae/config.json"):
+    parts = ("model_index.json", "text_encoder/config.json", "unet/config.json", "vae/config.json")
+    for part in (*parts, "scheduler/scheduler_config.json"):
         if not (path / part).is_file():
             raise BaseModelError(f"{path} is not a diffusers model folder: {part} is missing")
     config = json.loads((path / "text_encoder" / "config.json").read_text(encoding="utf-8"))
@@ -167,6 +168,13 @@ def load_base(
         # torch's own `to`: diffusers' override warns about fp32-only modules even when there are none.
         torch.nn.Module.to(module.requires_grad_(False).eval(), device=device, dtype=dtype)
     return AltDiffusionBase(tokenizer, text_encoder, unet, vae, dict(scheduler_config), info, path)
+
+
+def load_scheduler_config(model_path: str | Path) -> dict:
+    """Only the scheduler config of a base, its folder checked first (a hub id fetches only config files)."""
+    path = resolve_model_path(model_path, ["model_index.json", "*/config.json", "scheduler/*"])
+    check_model_dir(path)
+    return dict(DDPMScheduler.load_config(path / "scheduler"))
 
 
 def base_info(

@@ -28,7 +28,7 @@ from altadapter.rendering.sampler import (
     render_rows,
     save_comparison,
 )
-from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.schedulers import SCHEDULERS, TooFewStepsError, least_steps, make_scheduler
 
 PROMPTS = ["1girl, solo, red hair", "a cat on a blue house"]
 # DDIM gives usable pixels in 3 steps; PNDM needs 10 to get past its Runge-Kutta warm-up.
@@ -82,6 +82,28 @@ def test_original_row_is_the_stock_pipeline_pixel_for_pixel(tiny_base, scheduler
     assert np.array_equal(pixels(ours), pixels(stock))
 
 
+@pytest.mark.parametrize("skip_prk_steps", [False, True])
+def test_each_scheduler_renders_its_least_steps_and_refuses_fewer_in_one_line(tiny_base, skip_prk_steps):
+    # m9's scheduler config (a DDIM one) leaves skip_prk_steps unset: PNDM then warms up with Runge-Kutta.
+    base = dataclasses.replace(
+        tiny_base, scheduler_config={**tiny_base.scheduler_config, "skip_prk_steps": skip_prk_steps}
+    )
+    for name in SCHEDULERS:
+        least = least_steps(name, base.scheduler_config)
+        assert least == (4 if name == "pndm" and not skip_prk_steps else 1)
+        settings = RenderSettings(
+            num_images=1, num_inference_steps=least, scheduler=name, height=16, width=16
+        )
+        (result,) = render_comparison(base, None, PROMPTS[:1], settings=settings, progress=False)
+        assert len(result.original) == 1
+        if least > 1:
+            with pytest.raises(ValueError, match="could not be broadcast"):  # what diffusers says itself
+                make_scheduler(base, name).set_timesteps(least - 1)
+            fewer = dataclasses.replace(settings, num_inference_steps=least - 1)
+            with pytest.raises(TooFewStepsError, match=f"needs at least {least} .*--scheduler ddim or"):
+                render_comparison(base, None, PROMPTS[:1], settings=fewer, progress=False)
+
+
 def test_identity_mlp_at_scale_one_renders_exactly_the_original(tiny_base):
     result = render_comparison(
         tiny_base,
@@ -106,6 +128,26 @@ def test_batched_rows_match_each_row_rendered_alone_with_ancestral_noise(tiny_ba
         assert np.array_equal(pixels(result.tuned[0.0]), pixels(result.original))  # scale 0 is the original
         assert not np.array_equal(pixels(result.tuned[1.0]), pixels(result.original))
         assert not np.array_equal(*pixels(result.original))  # each image has its own noise
+
+
+def test_scale_zero_is_the_original_row_whatever_batch_it_would_fall_in(tiny_base):
+    # CPU kernels round by batch size (a UNet batch of 4 and one of 10 differ by ~2e-6 here); the hook makes
+    # that dependence big enough to show in every pixel. With 5 images a batch, prompt 1's original would
+    # share a batch with one other image, its scale-0 twin with four.
+    def batch_dependent(module, args, output):
+        return (output[0] + 0.05 * output[0].shape[0],)
+
+    settings = dataclasses.replace(FAST, scales=(0.0, 1.0), max_batch=5)
+    hook = tiny_base.unet.register_forward_hook(batch_dependent)
+    try:
+        batched = render_comparison(
+            tiny_base, strong_mlp(tiny_base), PROMPTS, settings=settings, progress=False
+        )
+    finally:
+        hook.remove()
+    for result in batched:
+        assert np.array_equal(pixels(result.tuned[0.0]), pixels(result.original))
+        assert result.tuned[0.0] is not result.original  # equal images, but each row its own list
 
 
 def test_conditionings_of_different_lengths_share_the_loop_in_groups(tiny_base):

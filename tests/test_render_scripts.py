@@ -21,8 +21,10 @@ from altadapter.adapters.lora import LoRAAdapter, LoRAConfig
 from altadapter.adapters.mlp import MLPAdapter, MLPConfig
 from altadapter.adapters.prompt import PromptAdapter, PromptConfig
 from altadapter.adapters.vocab import VocabAdapter, VocabConfig
+from altadapter.model import load_base
+from altadapter.rendering import report
 from altadapter.rendering.clip_score import ClipScorer
-from altadapter.testing.tiny_models import BASIC_WORDS, build_tokenizer
+from altadapter.testing.tiny_models import BASIC_WORDS, PRESETS, build_model_dir, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_PROMPT = ", ".join(["red hair"] * 30)
@@ -233,6 +235,13 @@ def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
         ("text_encoder_gen_show.py", "other_base", [], "trained on other-model .*--allow_other_base"),
         ("text_encoder_gen_show_mlp.py", "mlp", ["--compare_with", "TMP"], "no render.json there"),
         ("text_encoder_gen_show_mlp.py", "mlp", ["--clip_model", "TMP"], "--clip_model .*: no config.json"),
+        (
+            "text_encoder_gen_show.py",
+            "prompt",
+            ["--scheduler", "pndm", "--num_inference_steps", "2"],
+            r"--num_inference_steps 2 is too few for --scheduler pndm, which needs at least 4 on this model: "
+            r"use --num_inference_steps 4 or more, or --scheduler ddim or dpm\+\+2m or euler_a$",
+        ),
     ],
 )
 def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
@@ -242,13 +251,65 @@ def test_bad_input_ends_in_one_line_naming_the_problem_and_the_fix(
     adapter_path = files.get(adapter, tmp_path / adapter)
     argv = ["--model_path", str(tiny_model_dir), "--adapter", str(adapter_path), "--prompt", "a cat"]
     extra = [str(tmp_path) if flag == "TMP" else flag for flag in extra]
-    args = functions["parse_args"]([*argv, "--output_dir", str(tmp_path / "out"), *extra, *SCRIPT_FLAGS])
+    args = functions["parse_args"]([*argv, "--output_dir", str(tmp_path / "out"), *SCRIPT_FLAGS, *extra])
     with pytest.raises(SystemExit) as exit_info:
         functions["main"](args)
     assert exit_info.value.code == 2  # as argparse exits for a bad flag
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and re.search(message, line)
     assert not (tmp_path / "out").exists()
+
+
+def render_in_process(script: str, output_dir: Path, *argv: str | Path) -> None:
+    functions = load_script(script)
+    functions["main"](
+        functions["parse_args"]([*map(str, argv), "--output_dir", str(output_dir), *SCRIPT_FLAGS])
+    )
+
+
+def test_embedding_rows_without_a_token_are_no_nearest_tokens(tmp_path):
+    # As checkpoints pad their embedding matrices: rows past the tokenizer's, here the learned vectors' nearest.
+    model = build_model_dir(tmp_path / "padded", dataclasses.replace(PRESETS["tiny"], padded_rows=6))
+    base = load_base(model)
+    vocab = len(base.tokenizer)
+    padding = base.text_encoder.get_input_embeddings().weight[vocab:]
+    assert len(padding) == 6
+    adapter = PromptAdapter(PromptConfig(dim=base.info.hidden_size, num_prompts=2), padding[:2].clone())
+    path = save_adapter(tmp_path / "prompt.safetensors", adapter, base.info)
+    output_dir = tmp_path / "out"
+    render_in_process(
+        "text_encoder_gen_show.py", output_dir, "--model_path", model, "--adapter", path, "--prompt", "a cat"
+    )
+    nearest = json.loads((output_dir / "render.json").read_text(encoding="utf-8"))["nearest_tokens"]
+    assert [len(tokens) for tokens in nearest] == [5, 5]
+    assert all(token in base.tokenizer.get_vocab() for tokens in nearest for token, _ in tokens)
+    assert "## Nearest vocabulary tokens" in (output_dir / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_failed_report_says_so_and_leaves_the_images(tiny_model_dir, files, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", full_disk)
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        render_in_process(
+            "text_encoder_gen_show.py",
+            output_dir,
+            *("--model_path", tiny_model_dir, "--adapter", files["prompt"], "--prompt", "a cat"),
+        )
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: 3 image files are written in {output_dir}, but their report failed: "
+        "OSError: [Errno 28] No space left on device"
+    )
+    names = sorted(path.name for path in output_dir.iterdir())
+    assert names == [
+        "compare_0_with_samples_2_with_steps_2.png",
+        "grid_0_with_samples_2_with_steps_2.png",
+        "grid_0_with_samples_2_with_steps_2_original.png",
+        "render.json",
+    ]
 
 
 def test_an_empty_prompts_file_says_to_run_prompts_generator(files, tmp_path, capsys):

@@ -19,6 +19,11 @@ def conditioning_length(base: AltDiffusionBase, adapter: nn.Module | None = None
     return kind_of(adapter).conditioning_length(base, adapter.config)
 
 
+def is_original(adapter: nn.Module | None, scale: float) -> bool:
+    """Whether `adapter` at `scale` conditions exactly as the original model: no adapter, or scale 0."""
+    return adapter is None or scale == 0.0
+
+
 def encode_text(
     base: AltDiffusionBase, prompts: Sequence[str], adapter: nn.Module | None = None, *, scale: float = 1.0
 ) -> torch.Tensor:
@@ -26,7 +31,7 @@ def encode_text(
 
     scale 0 is the original model and 1 the tuned one; values between blend the two conditionings.
     """
-    if adapter is None or scale == 0.0:
+    if is_original(adapter, scale):
         return encode_original(base, prompts)
     kind = kind_of(adapter)
     ids, mask = kind.tokenize(base, prompts, adapter.config)

@@ -6,7 +6,11 @@ read from the adapter file."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -15,11 +19,12 @@ from altadapter.adapters import get_kind
 from altadapter.cli_args import setup_logging, user_errors
 from altadapter.data.prompts import read_prompts
 from altadapter.devices import dtype_name, resolve_device, resolve_dtype
-from altadapter.model import load_base
+from altadapter.model import load_base, load_scheduler_config
 from altadapter.rendering import report
 from altadapter.rendering.args import settings_from_args
 from altadapter.rendering.clip_score import ClipScorer, prompt_scores
 from altadapter.rendering.sampler import render_comparison, save_comparison
+from altadapter.rendering.schedulers import check_steps
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace, kind: str | None) -> None:
             report.check_comparable(
                 header.kind, prompts, report.read_record(args.compare_with), args.compare_with
             )
+        check_steps(settings.scheduler, settings.num_inference_steps, load_scheduler_config(args.model_path))
         base = load_base(args.model_path, device=device, dtype=dtype)
         adapter, metadata = load_adapter(
             args.adapter, base.info, expected_kind=kind, allow_other_base=args.allow_other_base
@@ -56,19 +62,40 @@ def run(args: argparse.Namespace, kind: str | None) -> None:
     with logging_redirect_tqdm():
         results = render_comparison(base, adapter, prompts, settings=settings)
     written = save_comparison(results, output_dir, settings)
-    record = report.build_record(
-        results,
-        settings,
-        base=base,
-        adapter_path=args.adapter,
-        metadata=metadata,
-        runtime={"device": str(device), "dtype": dtype_name(dtype), "clip_model": args.clip_model},
-        clip=[prompt_scores(scorer, result) for result in results] if scorer else None,
-        nearest=report.nearest_tokens(base, adapter, top_k) if top_k > 0 else None,
-    )
-    report.write_record(output_dir, record)
-    path = report.write_report(output_dir, record, args.compare_with)
+    with images_kept_if_the_report_fails(len(written), output_dir, args.verbose):
+        record = report.build_record(
+            results,
+            settings,
+            base=base,
+            adapter_path=args.adapter,
+            metadata=metadata,
+            runtime={"device": str(device), "dtype": dtype_name(dtype), "clip_model": args.clip_model},
+            clip=[prompt_scores(scorer, result) for result in results] if scorer else None,
+            nearest=report.nearest_tokens(base, adapter, top_k) if top_k > 0 else None,
+        )
+        report.write_record(output_dir, record)
+        path = report.write_report(output_dir, record, args.compare_with)
     logger.info("wrote %d images and %s", len(written), path)
+
+
+@contextlib.contextmanager
+def images_kept_if_the_report_fails(count: int, output_dir: str | Path, verbose: bool) -> Iterator[None]:
+    """End a failure after the images (scores, nearest tokens, render.json, report.md) in one line that
+    says the images are written and where, and exit 1; --verbose adds the traceback.
+
+    The images are what the run was for: a traceback about the report alone reads as if nothing was made.
+    """
+    try:
+        yield
+    except Exception as error:
+        print(
+            f"error: {count} image files are written in {output_dir}, but their report failed: "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        if verbose:
+            raise
+        raise SystemExit(1) from None
 
 
 def nearest_token_count(args: argparse.Namespace, kind: str) -> int:

@@ -44,8 +44,12 @@ ORIGINAL_KEYS = (
 
 @torch.no_grad()
 def nearest_tokens(base: AltDiffusionBase, adapter: nn.Module, top_k: int) -> list[list[tuple[str, float]]]:
-    """Each learned input vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first."""
-    words = base.text_encoder.get_input_embeddings().weight  # (V, H)
+    """Each learned input vector's `top_k` nearest vocabulary tokens by cosine similarity, nearest first.
+
+    Only rows the tokenizer has a token for are searched: checkpoints pad their embedding matrices past
+    the vocabulary, and a padding row is no word to show.
+    """
+    words = base.text_encoder.get_input_embeddings().weight[: len(base.tokenizer)]  # (V, H)
     learned = kind_of(adapter).learned_vectors(adapter)
     vectors = torch.nn.functional.normalize(learned.float().to(words.device), dim=-1)  # (P, H)
     # Slices of the vocabulary: m9's 250,002 x 1024 embeddings would take 1 GB more as fp32 at once.

@@ -6,7 +6,8 @@ gets a generator seeded the same way, so the rows differ only in their condition
 the UNet together, as `[uncond of every image, cond of every image]`, at most `max_batch` images at a time;
 images whose conditionings differ in length (a prompt adapter on a 77-token base) form separate groups
 within the same loop, because padding the original would change its pixels. A single row of one prompt is
-exactly what the stock `AltDiffusionPipeline` computes when given one generator per image.
+exactly what the stock `AltDiffusionPipeline` computes when given one generator per image. A row whose
+conditioning is the original's (a scale of 0) is not rendered again: it gets the original row's images.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from altadapter import encoding
-from altadapter.adapters.conditioning import encode_text
+from altadapter.adapters.conditioning import encode_text, is_original
 from altadapter.data.images import check_resolution
 from altadapter.fileio import atomic_write
 from altadapter.model import AltDiffusionBase
 from altadapter.rendering.grids import image_grid, labelled_rows
-from altadapter.rendering.schedulers import SCHEDULERS, make_scheduler
+from altadapter.rendering.schedulers import SCHEDULERS, check_steps, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,19 @@ def render_rows(
     Models are used as found: no change to train/eval mode or requires_grad, so training can call this.
     """
     settings = settings.sized(base)
+    check_steps(settings.scheduler, settings.num_inference_steps, base.scheduler_config)
+    # Rows of one conditioning (the original, any scale-0 row) are rendered once and shared: CPU kernels
+    # round by batch size and position, so a twin rendered in another batch could come out a level apart.
+    keys = [Row() if is_original(row.adapter, row.scale) else row for row in rows]
+    unique = list(dict.fromkeys(keys))
     items = [
-        (p, r, j) for p in range(len(prompts)) for r in range(len(rows)) for j in range(settings.num_images)
+        (p, r, j) for p in range(len(prompts)) for r in range(len(unique)) for j in range(settings.num_images)
     ]
     chunks = [items[k : k + settings.max_batch] for k in range(0, len(items), settings.max_batch)]
-    negatives = [encode_text(base, [settings.negative_prompt], row.adapter, scale=row.scale) for row in rows]
-    images: list[list[list[Image.Image]]] = [[[] for _ in rows] for _ in prompts]
+    negatives = [
+        encode_text(base, [settings.negative_prompt], row.adapter, scale=row.scale) for row in unique
+    ]
+    images: list[list[list[Image.Image]]] = [[[] for _ in unique] for _ in prompts]
     conditionings: dict[tuple[int, int], torch.Tensor] = {}
     steps_per_chunk = len(_timesteps(make_scheduler(base, settings.scheduler), settings, base.device))
     bar = tqdm(total=len(chunks) * steps_per_chunk, unit="step", disable=not progress, desc="rendering")
@@ -166,14 +174,14 @@ def render_rows(
             for p, r, _ in chunk:
                 if (p, r) not in conditionings:
                     conditionings[p, r] = encode_text(
-                        base, [prompts[p]], rows[r].adapter, scale=rows[r].scale
+                        base, [prompts[p]], unique[r].adapter, scale=unique[r].scale
                     )
             batch = [
                 _Item(conditionings[p, r], negatives[r], image_seed(settings.seed, p, j)) for p, r, j in chunk
             ]
             for (p, r, _), image in zip(chunk, _sample(base, batch, settings, bar), strict=True):
                 images[p][r].append(image)
-    return images
+    return [[list(prompt_rows[unique.index(key)]) for key in keys] for prompt_rows in images]
 
 
 def render_comparison(

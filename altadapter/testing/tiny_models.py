@@ -93,6 +93,8 @@ class ModelSize:
     latent_channels: int = 4
     sample_size: int = 32  # pixels
     extra_words: tuple[str, ...] = field(default_factory=tuple)
+    # Word-embedding rows past the tokenizer's tokens, as checkpoints pad their embedding matrices.
+    padded_rows: int = 0
 
     @property
     def latent_size(self) -> int:
@@ -259,7 +261,7 @@ def build_model_dir(
     return save_model_dir(
         path,
         tokenizer=tokenizer,
-        text_encoder=build_text_encoder(size, len(tokenizer)),
+        text_encoder=build_text_encoder(size, len(tokenizer) + size.padded_rows),
         unet=build_unet(size),
         vae=build_vae(size),
     )

@@ -18,9 +18,11 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -45,16 +47,46 @@ class TrainingError(UserError):
 def train(config: TrainingConfig) -> Path:
     """Train one adapter on a frozen base as `config` says; returns the final adapter file.
 
-    Raises Stopped after saving a checkpoint when a SIGTERM or SIGINT arrived during training.
+    Raises Stopped after saving a checkpoint when a SIGTERM or SIGINT arrived during training. Every way
+    out, a return, a stop or an error, ends the same: the DDP wrapper is freed, then the process group
+    destroyed. DDP's reducer holds the group, so a wrapper still alive at destroy_process_group keeps the
+    gloo group until the wrapper goes, which at interpreter exit may be after a peer process has gone.
     """
     threads = torch.get_num_threads()
     try:
-        run = setup_run(config)  # pins this process's CPU threads (see setup.pin_threads)
-        with StopSignals() as signals:
-            run_steps(run, signals)
-        return save_final_adapter(run)
+        return _train(config)
+    except BaseException as error:
+        # The failed frames (the run, DDP's own forward) hold the wrapper: clear their locals so it goes
+        # now. The traceback still shows every line.
+        _clear_frames(error)
+        raise
     finally:
+        end_process_group()
         torch.set_num_threads(threads)  # as the caller had it: a run in a library call leaves no trace
+
+
+def end_process_group() -> None:
+    """Destroy the process group of a distributed run (nothing otherwise), after the wrappers are freed."""
+    gc.collect()  # a wrapper caught in a reference cycle
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        PartialState().destroy_process_group()
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames of `error`'s traceback and of the exceptions it chains."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _train(config: TrainingConfig) -> Path:
+    """train's run; returning drops the run and with it the DDP wrapper."""
+    run = setup_run(config)  # pins this process's CPU threads (see setup.pin_threads)
+    with StopSignals() as signals:
+        run_steps(run, signals)
+    return save_final_adapter(run)
 
 
 def run_steps(run: Run, signals: StopSignals) -> None:
@@ -202,14 +234,11 @@ def save_final_adapter(run: Run) -> Path:
 
 
 def end_run(run: Run) -> None:
-    """Wait for every process, free what the run holds across them and end accelerate's trackers."""
+    """Wait for every process, then end accelerate's trackers; train destroys the process group once
+    the run, and with it the DDP wrapper, is freed."""
     run.accelerator.wait_for_everyone()
-    # DDP's reducer holds the process group: freed after end_training destroyed the group and a peer
-    # exited, gloo's teardown can hang (docs/DESIGN.md); free it while every process is still here.
-    run.adapter = run.unwrapped_adapter
-    run.accelerator.free_memory()
-    gc.collect()
-    run.accelerator.end_training()
+    for tracker in run.accelerator.trackers:  # what end_training does but destroying the group
+        tracker.finish()
 
 
 def save_validation_samples(
