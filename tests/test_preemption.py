@@ -25,6 +25,7 @@ from training_helpers import REPO, adapter_tensors, common_args, kind_script, tr
 from altadapter.adapters import kind_names
 from altadapter.training import loop
 from altadapter.training.checkpoints import checkpoint_problem, read_checkpoint_info
+from altadapter.training.preemption import StopSignals
 
 # One thread, pinned: a resumed run is exact only with the count it was trained with, whatever the
 # machine's load. fp32: bf16 is 3x slower on a CPU, and the contract test resumes every kind in bf16.
@@ -98,6 +99,15 @@ def test_sigterm_saves_the_step_it_arrives_in_and_the_resume_is_bit_for_bit(
 def test_sigint_at_a_periodic_checkpoint_exits_130_without_saving_it_twice(
     colour_dataset, tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
+    # Known before: a test run in the background (`make test &`) starts with SIGINT ignored.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sigint_at_a_periodic_checkpoint(colour_dataset, tiny_model_dir, tmp_path, monkeypatch, capsys)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def sigint_at_a_periodic_checkpoint(colour_dataset, tiny_model_dir, tmp_path, monkeypatch, capsys) -> None:
     saved = []
     real_save = loop.save_checkpoint
     monkeypatch.setattr(loop, "save_checkpoint", lambda *a, **k: saved.append(a[2]) or real_save(*a, **k))
@@ -221,3 +231,14 @@ def test_two_processes_signalled_stop_at_the_same_step(roomy_model_dir, aspect_d
     [line] = stop_lines(err)  # one line, from the main process
     step = int(line.split(" at step ")[1].split(":")[0])
     assert step < 12 and checkpoint_problem(run_dir / f"checkpoint-{step}") is None
+
+
+def test_a_signal_ignored_before_the_run_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # caught
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

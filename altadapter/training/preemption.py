@@ -28,7 +28,9 @@ class StopSignals:
         # Python runs signal handlers in the main thread only; a run started elsewhere keeps the defaults.
         if threading.current_thread() is threading.main_thread():
             for number in SIGNALS:
-                self._previous[number] = signal.signal(number, self._handle)
+                # An ignored signal stays ignored, as a job started with `nohup ... &` expects of SIGINT.
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def __exit__(
