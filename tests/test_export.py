@@ -1,15 +1,19 @@
-"""Adapters out: vocab as diffusers textual inversion, LoRA as a PEFT folder, each loaded in a fresh process."""
+"""Adapters out: vocab as diffusers textual inversion, LoRA as a PEFT folder, each loaded in a fresh process.
+
+The export script runs here (script_helpers); what loads its files runs in a process of its own, as a stock
+user's would, with nothing of this library's state.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from script_helpers import run_as_main
 
 import export_adapter as export_script
 from altadapter.adapter_io import save_adapter
@@ -35,93 +39,79 @@ def run_python(*argv: str) -> subprocess.CompletedProcess:
     return result
 
 
-def export_in_a_fresh_process(adapter_file: Path, fmt: str, model: Path, out: Path) -> None:
-    run_python(
-        "export_adapter.py",
-        "--adapter",
-        str(adapter_file),
-        "--format",
-        fmt,
-        "--output_dir",
-        str(out),
-        "--model_path",
-        str(model),
-    )
+def export(adapter_file: Path, fmt: str, model: Path, out: Path) -> None:
+    """The export script's command line, run here: only the loading must happen in a fresh process."""
+    argv = ["--adapter", adapter_file, "--format", fmt, "--output_dir", out, "--model_path", model]
+    assert run_as_main("export_adapter.py", *argv) == 0
 
 
-def test_vocab_export_loads_as_textual_inversion_and_encodes_as_the_adapter(
-    tiny_model_dir, tiny_base, tmp_path
-):
+# What a stock user's fresh process computes from both exports: the vocab tokens typed into a stock pipeline
+# after load_textual_inversion, and the LoRA through peft's PeftModel and through transformers' load_adapter.
+LOADER = """
+import json, torch
+from pathlib import Path
+from peft import PeftModel
+from altadapter.model import load_base, make_pipeline
+model, root, typed = {model!r}, Path({root!r}), {typed!r}
+pipe = make_pipeline(load_base(model))
+for token in json.loads((root / "ti" / "tokens.json").read_text(encoding="utf-8")).values():
+    pipe.load_textual_inversion(str(root / "ti" / (token[1:-1] + ".safetensors")))
+embeds = {{p: pipe.encode_prompt(p, "cpu", 1, False)[0] for p in typed}}
+base = load_base(model)
+# As the stock pipeline encodes: padded to the tokenizer's length, the mask since the config asks for it.
+tokens = base.tokenizer({prompts!r}, padding="max_length", max_length=base.info.model_max_length, return_tensors="pt")
+with torch.no_grad():
+    through_peft = PeftModel.from_pretrained(base.text_encoder, str(root / "peft"))(**tokens)[0]
+    encoder = load_base(model).text_encoder
+    encoder.load_adapter(str(root / "peft"))
+    through_transformers = encoder(**tokens)[0]
+torch.save({{"vocab": embeds, "peft": through_peft, "transformers": through_transformers}}, root / "embeds.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tiny_base, tmp_path_factory) -> dict:
+    """A vocab and a LoRA adapter, each exported, and what one fresh process loading both computes."""
+    root = tmp_path_factory.mktemp("export")
     config = VocabConfig(dim=tiny_base.info.hidden_size, tags=TAGS, vectors_per_tag=2)
-    adapter = VocabAdapter(
+    vocab = VocabAdapter(
         config, torch.randn(config.num_vectors, config.dim, generator=torch.Generator().manual_seed(0))
     )
-    export_in_a_fresh_process(
-        save_adapter(tmp_path / "v.safetensors", adapter, tiny_base.info),
-        "diffusers",
-        tiny_model_dir,
-        tmp_path / "ti",
+    export(
+        save_adapter(root / "v.safetensors", vocab, tiny_base.info), "diffusers", tiny_model_dir, root / "ti"
     )
-    tokens = json.loads((tmp_path / "ti" / "tokens.json").read_text(encoding="utf-8"))
-    assert tokens == {"red hair": "<red_hair>", "solo": "<solo>", "lappland": "<lappland>"}
-    assert "pipe.load_textual_inversion(" in (tmp_path / "ti" / "README.md").read_text(encoding="utf-8")
-    loader = textwrap.dedent(
-        f"""
-        import json, sys, torch
-        from pathlib import Path
-        from altadapter.model import load_base, make_pipeline
-        pipe = make_pipeline(load_base({str(tiny_model_dir)!r}))
-        folder = Path({str(tmp_path / "ti")!r})
-        for token in json.loads((folder / "tokens.json").read_text(encoding="utf-8")).values():
-            pipe.load_textual_inversion(str(folder / (token[1:-1] + ".safetensors")))
-        embeds = {{p: pipe.encode_prompt(p, "cpu", 1, False)[0] for p in {TYPED + UNTAGGED!r}}}
-        torch.save(embeds, {str(tmp_path / "embeds.pt")!r})
-        """
+    lora_base = load_base(tiny_model_dir)  # its own: the LoRA's layers go into this encoder
+    lora = LoRAAdapter(
+        LoRAConfig(dim=lora_base.info.hidden_size, num_layers=lora_base.info.num_layers, rank=2)
     )
+    for parameter in lora.parameters():
+        torch.nn.init.normal_(parameter, std=0.3, generator=torch.Generator().manual_seed(1))
+    export(save_adapter(root / "l.safetensors", lora, lora_base.info), "peft", tiny_model_dir, root / "peft")
+    loader = LOADER.format(model=str(tiny_model_dir), root=str(root), typed=TYPED + UNTAGGED, prompts=PROMPTS)
     run_python("-c", loader)
-    stock = torch.load(tmp_path / "embeds.pt")
+    stock = torch.load(root / "embeds.pt")
+    return {"root": root, "vocab": vocab, "lora": lora, "lora_base": lora_base, "stock": stock}
+
+
+def test_vocab_export_loads_as_textual_inversion_and_encodes_as_the_adapter(exported, tiny_base):
+    tokens = json.loads((exported["root"] / "ti" / "tokens.json").read_text(encoding="utf-8"))
+    assert tokens == {"red hair": "<red_hair>", "solo": "<solo>", "lappland": "<lappland>"}
+    readme = (exported["root"] / "ti" / "README.md").read_text(encoding="utf-8")
+    assert "pipe.load_textual_inversion(" in readme
+    stock, adapter = exported["stock"]["vocab"], exported["vocab"]
     for tagged, typed in zip(PROMPTS, TYPED, strict=True):
         torch.testing.assert_close(stock[typed], encode_text(tiny_base, [tagged], adapter), atol=1e-5, rtol=0)
     for prompt in UNTAGGED:
         assert torch.equal(stock[prompt], encode_text(tiny_base, [prompt]))
 
 
-def test_lora_export_loads_through_peft_and_transformers(tiny_model_dir, tmp_path):
-    tiny_base = load_base(tiny_model_dir)  # its own: the LoRA's layers go into this encoder
-    adapter = LoRAAdapter(
-        LoRAConfig(dim=tiny_base.info.hidden_size, num_layers=tiny_base.info.num_layers, rank=2)
-    )
-    for parameter in adapter.parameters():
-        torch.nn.init.normal_(parameter, std=0.3, generator=torch.Generator().manual_seed(1))
-    export_in_a_fresh_process(
-        save_adapter(tmp_path / "l.safetensors", adapter, tiny_base.info),
-        "peft",
-        tiny_model_dir,
-        tmp_path / "peft",
-    )
-    loader = textwrap.dedent(
-        f"""
-        import torch
-        from peft import PeftModel
-        from altadapter.model import load_base
-        base = load_base({str(tiny_model_dir)!r})
-        # As the stock pipeline encodes: padded to the tokenizer's length, the mask since the config asks for it.
-        tokens = base.tokenizer({PROMPTS!r}, padding="max_length", max_length=base.info.model_max_length, return_tensors="pt")
-        with torch.no_grad():
-            through_peft = PeftModel.from_pretrained(base.text_encoder, {str(tmp_path / "peft")!r})(**tokens)[0]
-            encoder = load_base({str(tiny_model_dir)!r}).text_encoder
-            encoder.load_adapter({str(tmp_path / "peft")!r})
-            through_transformers = encoder(**tokens)[0]
-        torch.save({{"peft": through_peft, "transformers": through_transformers}}, {str(tmp_path / "embeds.pt")!r})
-        """
-    )
-    run_python("-c", loader)
-    loaded = torch.load(tmp_path / "embeds.pt")
-    ours = encode_text(tiny_base, PROMPTS, adapter)
-    assert not torch.allclose(ours, encode_text(tiny_base, PROMPTS), atol=1e-3)  # the LoRA acts
+def test_lora_export_loads_through_peft_and_transformers(exported):
+    base, adapter, loaded = exported["lora_base"], exported["lora"], exported["stock"]
+    ours = encode_text(base, PROMPTS, adapter)
+    assert not torch.allclose(ours, encode_text(base, PROMPTS), atol=1e-3)  # the LoRA acts
     torch.testing.assert_close(loaded["peft"], ours, atol=1e-5, rtol=0)
     torch.testing.assert_close(loaded["transformers"], ours, atol=1e-5, rtol=0)
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 2
+    assert json.loads((exported["root"] / "peft" / "adapter_config.json").read_text())["r"] == 2
 
 
 def test_a_kind_or_format_without_an_export_is_one_line_naming_what_exists(tiny_base, tmp_path, capsys):

@@ -27,6 +27,7 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
     RobertaSeriesModelWithTransformation,
 )
 from PIL import Image
+from script_helpers import run_as_main
 from training_helpers import (
     REPO,
     adapter_tensors,
@@ -288,9 +289,10 @@ def test_a_parquet_dataset_with_a_tags_column_trains_it_with_shuffled_tags(
 def test_a_killed_bf16_run_resumes_through_the_script_to_the_same_adapter_bit_for_bit(
     kind, roomy_model_dir, colour_dataset, tmp_path
 ):
+    # Killed once checkpoint-2 is there, four steps before the end: room for a slow poll on a busy machine.
     flags = [
         "--max_train_steps",
-        "8",
+        "6",
         "--random_flip",
         "--preserve_weight",
         "0.5",
@@ -314,22 +316,16 @@ def test_a_killed_bf16_run_resumes_through_the_script_to_the_same_adapter_bit_fo
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"
     deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint-4").is_dir() and process.poll() is None and time.monotonic() < deadline:
+    while not (run_dir / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (run_dir / "run.safetensors").exists(), "killed too late to test resuming"
 
-    resumed = subprocess.run(
-        [*command, "--resume_from_checkpoint", "latest"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The kill needs a process of its own; the resume runs the same script's __main__ in this one.
+    assert run_as_main(script, *command[2:], "--resume_from_checkpoint", "latest") == 0
     tensors, metadata = read_adapter_file(run_dir / "run.safetensors")
-    assert metadata.kind == kind and metadata.step == 8
+    assert metadata.kind == kind and metadata.step == 6
     assert all(torch.isfinite(t).all() for t in tensors.values())
     for name, tensor in adapter_tensors(reference).items():
         assert torch.equal(tensors[name], tensor), name

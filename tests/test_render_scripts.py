@@ -1,4 +1,7 @@
-"""The rendering scripts, run as a user runs them on a tiny model; bad input ends in one line on stderr."""
+"""The rendering scripts, run as a user runs them on a tiny model; bad input ends in one line on stderr.
+
+The prompt run is a real process (its console warning is checked); the others run as `__main__` here.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from script_helpers import run_as_main
 from transformers import AltCLIPConfig, AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altadapter.adapter_io import save_adapter
@@ -141,12 +145,12 @@ def test_prompt_script_writes_grids_scores_tokens_and_warns_about_a_long_prompt(
 def test_mlp_script_adds_the_full_table_from_the_prompt_run(tiny_model_dir, files, prompt_run):
     prompt_dir, _ = prompt_run
     output_dir = prompt_dir.parent / "mlp"
-    done = run_script(
+    status = run_as_main(
         "text_encoder_gen_show_mlp.py",
         *("--model_path", tiny_model_dir, "--adapter", files["mlp"], "--prompts", files["prompts"]),
         *("--output_dir", output_dir, "--compare_with", prompt_dir, *SCRIPT_FLAGS),
     )
-    assert done.returncode == 0, done.stderr
+    assert status == 0
     report = (output_dir / "report.md").read_text(encoding="utf-8")
     assert "| index | prompt | MLP | Prompt | original |" in report
     links = re.findall(r"!\[\]\(([^)]+)\)", report)
@@ -164,14 +168,14 @@ def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
 ):
     flags = ("--model_path", tiny_model_dir, "--prompts", files["prompts"], *SCRIPT_FLAGS)
     vocab_dir, lora_dir = tmp_path / "vocab", tmp_path / "lora"
-    done = run_script("render_adapter.py", "--adapter", files["vocab"], "--output_dir", vocab_dir, *flags)
-    assert done.returncode == 0, done.stderr
+    status = run_as_main("render_adapter.py", "--adapter", files["vocab"], "--output_dir", vocab_dir, *flags)
+    assert status == 0
     report = (vocab_dir / "report.md").read_text(encoding="utf-8")
     assert report.startswith("# Vocab adapter: tuned and original, from the same noise")
     assert "## Nearest vocabulary tokens of each tag vector (cosine)" in report and "| red hair | `" in report
     record = json.loads((vocab_dir / "render.json").read_text(encoding="utf-8"))
     assert record["kind"] == "vocab" and record["adapter"]["config"]["tags"] == ["red hair", "solo"]
-    done = run_script(
+    status = run_as_main(
         "render_adapter.py",
         "--adapter",
         files["lora"],
@@ -181,7 +185,7 @@ def test_render_adapter_reads_the_kind_from_the_file_and_tables_two_new_kinds(
         vocab_dir,
         *flags,
     )
-    assert done.returncode == 0, done.stderr
+    assert status == 0
     report = (lora_dir / "report.md").read_text(encoding="utf-8")
     assert (
         "## Vocab, LoRA and the original side by side" in report

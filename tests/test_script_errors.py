@@ -1,4 +1,8 @@
-"""Every top-level script answers a user's mistake with one line naming the flag or file, and exit status 2."""
+"""Every top-level script answers a user's mistake with one line naming the flag or file, and exit status 2.
+
+The scripts run as `__main__` in this process (script_helpers); the --verbose test runs a real process, where
+the interpreter itself prints the traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,15 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from script_helpers import run_as_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
+def run_script(capsys, script: str, *argv: str) -> tuple[int, str]:
+    """The script's exit status and what it wrote to stderr."""
+    capsys.readouterr()
+    return run_as_main(script, *argv), capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -50,17 +55,17 @@ def run_script(*argv: str) -> subprocess.CompletedProcess:
         ("render_adapter.py", ["--adapter", "{missing}", "--prompt", "a"], "{missing}"),
     ],
 )
-def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_path):
+def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_path, capsys):
     values = {
         "missing": str(tmp_path / "nowhere"),
         "tmp": str(tmp_path),
         "empty_zip": str(tmp_path / "e.zip"),
     }
     zipfile.ZipFile(values["empty_zip"], "w").close()
-    result = run_script(script, *(flag.format(**values) for flag in bad_flags))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert "Traceback" not in result.stderr
+    status, stderr = run_script(capsys, script, *(flag.format(**values) for flag in bad_flags))
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr
     assert lines[-1].startswith("error: ") and named.format(**values) in lines[-1]
     assert all(not line.startswith(("error", "Traceback")) for line in lines[:-1])
 
@@ -73,25 +78,33 @@ def test_a_bad_flag_value_is_one_line_and_exit_2(script, bad_flags, named, tmp_p
         ([], "the following arguments are required: --kind"),
     ],
 )
-def test_train_adapter_takes_only_the_flags_of_its_kind(bad_flags, named, tmp_path):
-    result = run_script("train_adapter.py", "--data_dir", str(tmp_path), *bad_flags)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"train_adapter.py: error: {named}")
+def test_train_adapter_takes_only_the_flags_of_its_kind(bad_flags, named, tmp_path, capsys):
+    status, stderr = run_script(capsys, "train_adapter.py", "--data_dir", str(tmp_path), *bad_flags)
+    assert status == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"train_adapter.py: error: {named}")
 
 
 def test_verbose_keeps_the_traceback(tmp_path):
-    result = run_script("prompts_generator.py", "--data_dir", str(tmp_path / "nowhere"), "--verbose")
+    result = subprocess.run(
+        [sys.executable, "prompts_generator.py", "--data_dir", str(tmp_path / "nowhere"), "--verbose"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_an_unreachable_model_path_is_one_line(tmp_path):
+def test_an_unreachable_model_path_is_one_line(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     Image.new("RGB", (8, 8)).save(data / "0.png")
     (data / "0.txt").write_text("1girl, solo", encoding="utf-8")
-    result = run_script(
+    status, stderr = run_script(
+        capsys,
         "text_encoder_util_mlp_transfer.py",
         *("--data_dir", str(data), "--pretrained_model_name_or_path", str(tmp_path / "no_model")),
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no_model" in result.stderr.strip().splitlines()[-1]
+    assert status == 2 and "Traceback" not in stderr
+    assert "no_model" in stderr.strip().splitlines()[-1]

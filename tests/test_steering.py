@@ -31,7 +31,8 @@ def test_an_mlp_steers_the_probe_to_the_domain_and_the_prompt_path_trains(toy_ba
     train = captions.domain_prompts(270, 0, num_tags=captions.TRAIN_NUM_TAGS)
     heldout = captions.domain_prompts(90, 1, num_tags=captions.TRAIN_NUM_TAGS)
     adapters = steering_adapters(base, num_layers=2, num_prompts=4, seed=0)
-    scores = steer(base, probe, adapters["mlp"], train, heldout, steps=400, learning_rate=3e-3)
+    # 150 steps at 1e-2 score as 400 at 3e-3 did (over three seeds, fg and bg 0.58-0.67, shape 0.90-0.94).
+    scores = steer(base, probe, adapters["mlp"], train, heldout, steps=150, learning_rate=1e-2)
     # Chance is 17% per colour and 33% for the shape; an untrained MLP (the identity) reads near chance.
     assert min(scores["fg"], scores["bg"]) >= 0.4 and scores["shape"] >= 0.6, scores
     for name, trained in (

@@ -7,14 +7,12 @@ What every adapter kind must do in training (learn, resume exactly, leave the ba
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from script_helpers import run_as_main
 from training_helpers import (
-    REPO,
     adapter_tensors,
     common_args,
     kind_script,
@@ -52,10 +50,7 @@ def test_the_write_ups_scripts_run_end_to_end_with_its_flags(
     script, colour_dataset, tiny_model_dir, tmp_path
 ):
     argv = [*common_args(colour_dataset, tiny_model_dir, tmp_path, "run"), *WRITE_UP_RUNS[script]]
-    result = subprocess.run(
-        [sys.executable, str(REPO / script), *argv], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_as_main(script, *argv) == 0
     tensors, metadata = read_adapter_file(tmp_path / "run" / "run.safetensors")
     assert get_kind(metadata.kind).train_command == script and metadata.step == 4
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
