@@ -9,10 +9,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from training_helpers import write_aspect_dataset, write_colour_dataset, write_parquet_dataset
 
 from altadapter.model import AltDiffusionBase, load_base
 from altadapter.testing.tiny_models import PRESETS, build_model_dir
+
+# One CPU thread per test process, and for the scripts it starts: the models here are tiny, so a second
+# thread saves nothing, and two spinning OpenMP threads beside any other busy process (the other pytest-xdist
+# worker, a CI neighbour) run tiny kernels several times slower. Tests that need a count set their own.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per CPU this process may run on (xdist's own count is of physical cores, which
+    some VMs report as fewer than their CPUs), at most 4: past that, building each worker's session models
+    costs more than it saves, and the smoke demo alone sets the suite's length."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, 4)
 
 
 @pytest.fixture(scope="session", autouse=True)

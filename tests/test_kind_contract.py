@@ -14,7 +14,6 @@ import json
 import os
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -340,11 +339,9 @@ def test_train_adapter_refuses_the_flags_of_other_kinds(kind, colour_dataset, ca
             assert f"error: {flag} is a flag of --kind" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now, so two test runs on one machine never meet at a fixed port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# `--standalone`: torchrun's store binds a free port itself and its workers use that store, so two runs at
+# once (two pytest-xdist workers, two test runs on one machine) never meet at a port.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -352,19 +349,10 @@ def test_two_process_torchrun_writes_one_identical_adapter(kind, roomy_model_dir
     """In aspect-ratio buckets: the two processes' batches differ in size as well as in pictures."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     script, kind_flags = kind_script(kind)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    ]
     argv = common_args(
         aspect_dataset, roomy_model_dir, tmp_path, "run", "--enable_bucket", "--batch_size", "2"
     )
-    command += [str(script), *kind_flags, *argv]
+    command = [*TORCHRUN, str(script), *kind_flags, *argv]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "on process" in line]

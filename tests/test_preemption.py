@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from test_kind_contract import free_port
+from test_kind_contract import TORCHRUN
 from training_helpers import REPO, adapter_tensors, common_args, kind_script, train_in_process
 
 from altadapter.adapters import kind_names
@@ -200,7 +200,6 @@ def test_sigterm_to_a_training_subprocess_after_its_first_checkpoint(
 def test_two_processes_signalled_stop_at_the_same_step(roomy_model_dir, aspect_dataset, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     script, kind_flags = kind_script("mlp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
     argv = common_args(
         aspect_dataset, roomy_model_dir, tmp_path, "run", "--enable_bucket", "--batch_size", "2"
     )
@@ -208,7 +207,7 @@ def test_two_processes_signalled_stop_at_the_same_step(roomy_model_dir, aspect_d
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr:
         launcher = subprocess.Popen(
-            [*command, str(free_port()), str(script), *kind_flags, *argv], cwd=REPO, env=env, stderr=stderr
+            [*TORCHRUN, str(script), *kind_flags, *argv], cwd=REPO, env=env, stderr=stderr
         )
     run_dir = tmp_path / "run"
     try:
