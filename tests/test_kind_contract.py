@@ -2,8 +2,9 @@
 
 As PEFT's TEST_CASES drive its contract tests, the registry drives these: registering a kind puts it under
 every test here (file round trip, refusal of another base, scale 0 = the original, gradients only into the
-adapter, the encoder's calls, exact resume in bf16, learning, the base untouched, refusal of other kinds'
-flags, two processes ending with one adapter, a `datasets` source with kohya's caption flags).
+adapter, the encoder's calls, learning, the base untouched, refusal of other kinds' flags, two processes
+ending with one adapter, a `datasets` source with kohya's caption flags). Exact resume after a stop, for
+every kind in bf16, is in test_preemption.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import hashlib
 import json
 import os
 import runpy
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,8 @@ from diffusers.pipelines.deprecated.alt_diffusion.modeling_roberta_series import
     RobertaSeriesModelWithTransformation,
 )
 from PIL import Image
-from script_helpers import run_as_main
 from training_helpers import (
     REPO,
-    adapter_tensors,
     common_args,
     kind_script,
     parse_training_args,
@@ -282,52 +279,6 @@ def test_a_parquet_dataset_with_a_tags_column_trains_it_with_shuffled_tags(
     assert metadata.kind == kind and metadata.step == 2
     assert all(torch.isfinite(t).all() for t in tensors.values())
     assert json.loads(metadata.extra["training"])["dataset_name"] == str(parquet_dataset)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_killed_bf16_run_resumes_through_the_script_to_the_same_adapter_bit_for_bit(
-    kind, roomy_model_dir, colour_dataset, tmp_path
-):
-    # Killed once checkpoint-2 is there, four steps before the end: room for a slow poll on a busy machine.
-    flags = [
-        "--max_train_steps",
-        "6",
-        "--random_flip",
-        "--preserve_weight",
-        "0.5",
-        "--mixed_precision",
-        "bf16",
-        # Pinned in the reference (this process) and both script runs: exact only with one thread count.
-        "--num_threads",
-        "1",
-    ]
-    reference = train_in_process(
-        kind, common_args(colour_dataset, roomy_model_dir, tmp_path / "whole", "run", *flags)
-    )
-
-    script, kind_flags = kind_script(kind)
-    command = [
-        sys.executable,
-        str(script),
-        *kind_flags,
-        *common_args(colour_dataset, roomy_model_dir, tmp_path, "run", *flags),
-    ]
-    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / "run"
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint-2").is_dir() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (run_dir / "run.safetensors").exists(), "killed too late to test resuming"
-
-    # The kill needs a process of its own; the resume runs the same script's __main__ in this one.
-    assert run_as_main(script, *command[2:], "--resume_from_checkpoint", "latest") == 0
-    tensors, metadata = read_adapter_file(run_dir / "run.safetensors")
-    assert metadata.kind == kind and metadata.step == 6
-    assert all(torch.isfinite(t).all() for t in tensors.values())
-    for name, tensor in adapter_tensors(reference).items():
-        assert torch.equal(tensors[name], tensor), name
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,8 +2,11 @@
 on how to resume and exit status 143 / 130; resuming it ends bit for bit as an uninterrupted run.
 
 Every kind in the registry is stopped in-process through its script's `main` (a real signal to this
-process, sent at a known step, so nothing races); one kind is stopped as a subprocess, and one as a
-two-process torchrun run, both by signals from outside after their first checkpoint.
+process, sent at a known step, so nothing races), in bf16 with the preservation penalty, and resumed bit
+for bit. One kind is stopped as a subprocess, one killed (SIGKILL: no checkpoint of its own, the periodic
+one resumes), and one stopped as a two-process torchrun run, all by signals from outside after their first
+checkpoint. A fresh process costs seconds of imports, so the process-level tests take one kind each: what
+they add (a signal from outside, a kill) does not depend on the kind.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from accelerate.state import AcceleratorState
 from test_kind_contract import TORCHRUN
 from training_helpers import REPO, adapter_tensors, common_args, kind_script, train_in_process
 
+from altadapter.adapter_io import read_adapter_file
 from altadapter.adapters import kind_names
 from altadapter.training import loop
 from altadapter.training.checkpoints import checkpoint_problem, read_checkpoint_info
 from altadapter.training.preemption import StopSignals
 
 # One thread, pinned: a resumed run is exact only with the count it was trained with, whatever the
-# machine's load. fp32: bf16 is 3x slower on a CPU, and the contract test resumes every kind in bf16.
+# machine's load. The in-process stops run in bf16 with the preservation penalty (the most state a resume
+# must restore); the subprocess ones, many steps long, in fp32 (bf16 is 3x slower on a CPU).
 FLAGS = ["--random_flip", "--num_threads", "1"]
+BF16_FLAGS = [*FLAGS, "--mixed_precision", "bf16", "--preserve_weight", "0.5"]
 RESUME = "resume with the same command and --resume_from_checkpoint latest"
 
 
@@ -66,7 +72,7 @@ def test_sigterm_saves_the_step_it_arrives_in_and_the_resume_is_bit_for_bit(
     kind, roomy_model_dir, colour_dataset, tmp_path, monkeypatch, capfd
 ):
     argv, whole = (
-        common_args(colour_dataset, roomy_model_dir, out, "run", *FLAGS, "--max_train_steps", "4")
+        common_args(colour_dataset, roomy_model_dir, out, "run", *BF16_FLAGS, "--max_train_steps", "4")
         for out in (tmp_path, tmp_path / "whole")
     )
     reference = train_in_process(kind, whole)
@@ -195,6 +201,44 @@ def test_sigterm_to_a_training_subprocess_after_its_first_checkpoint(
     resumed = adapter_tensors(train_in_process(kind, [*argv, "--resume_from_checkpoint", "latest"]))
     for name, tensor in adapter_tensors(reference).items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_a_killed_bf16_run_resumes_from_its_periodic_checkpoint_bit_for_bit(
+    roomy_model_dir, colour_dataset, tmp_path
+):
+    # Killed once checkpoint-2 is there, four steps before the end: room for a slow poll on a busy machine.
+    kind, steps = "vocab", "6"
+    argv = common_args(
+        colour_dataset, roomy_model_dir, tmp_path, "run", *BF16_FLAGS, "--max_train_steps", steps
+    )
+    script, kind_flags = kind_script(kind)
+    process = subprocess.Popen(
+        [sys.executable, str(script), *kind_flags, *argv], cwd=REPO, stderr=subprocess.DEVNULL
+    )
+    run_dir = tmp_path / "run"
+    try:
+        wait_for((run_dir / "checkpoint-2").is_dir, process, "first checkpoint")
+    finally:
+        process.kill()
+        process.wait()
+    assert not (run_dir / "run.safetensors").exists(), "killed too late to test resuming"
+
+    reference = train_in_process(
+        kind,
+        common_args(
+            colour_dataset,
+            roomy_model_dir,
+            tmp_path / "whole",
+            "run",
+            *BF16_FLAGS,
+            "--max_train_steps",
+            steps,
+        ),
+    )
+    resumed = read_adapter_file(train_in_process(kind, [*argv, "--resume_from_checkpoint", "latest"]))
+    assert resumed[1].step == int(steps)
+    for name, tensor in adapter_tensors(reference).items():
+        assert torch.equal(resumed[0][name], tensor), name
 
 
 def test_two_processes_signalled_stop_at_the_same_step(roomy_model_dir, aspect_dataset, tmp_path):
