@@ -22,8 +22,7 @@ import torch
 from altadapter.cli_args import setup_logging
 from altadapter.model import load_base
 from altadapter.rendering.report import markdown_row
-from toyworld import captions, world
-from toyworld.steering import fit_plain_probe, steer, steering_adapters
+from toyworld.text_phase_probe import score_cells, steer_every_adapter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,27 +50,22 @@ def main(args: argparse.Namespace) -> None:
     setup_logging()
     torch.manual_seed(args.seed)
     base = load_base(args.model_path)
-    probe, plain = fit_plain_probe(base)
-    train = captions.domain_prompts(900, args.seed, num_tags=captions.TRAIN_NUM_TAGS)
-    heldout = captions.domain_prompts(90, args.seed + 1, num_tags=captions.TRAIN_NUM_TAGS)
-    print(f"probe on the plain captions it was fitted to: all three right {100 * plain['all']:.1f}%")
     print(f"held-out long domain prompts, {args.steps} steps per adapter (chance: all three 1.1%):\n")
     print(markdown_row(["adapter", "learning rate", "shape colour", "background", "shape", "all three"]))
     print(markdown_row(["---", "---:", "---:", "---:", "---:", "---:"]))
     for learning_rate in args.learning_rates:
-        for kind, adapter in steering_adapters(base, args.num_layers, args.num_prompts, args.seed).items():
-            scores = steer(
-                base,
-                probe,
-                adapter,
-                train,
-                heldout,
-                steps=args.steps,
-                learning_rate=learning_rate,
-                seed=args.seed,
-            )
-            cells = [f"{100 * scores[name]:.1f}%" for name in (*world.ATTRIBUTE_NAMES, "all")]
-            print(markdown_row([kind, f"{learning_rate:g}", *cells]), flush=True)
+        scores = steer_every_adapter(
+            base,
+            num_prompts=args.num_prompts,
+            steps=args.steps,
+            learning_rate=learning_rate,
+            seed=args.seed,
+            num_layers=args.num_layers,
+        )
+        plain = scores.pop("plain probe")
+        for kind, kind_scores in scores.items():
+            print(markdown_row([kind, f"{learning_rate:g}", *score_cells(kind_scores)]), flush=True)
+    print(f"\nthe probe on the plain captions it was fitted to: all three right {100 * plain['all']:.1f}%")
 
 
 if __name__ == "__main__":

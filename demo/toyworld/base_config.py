@@ -47,6 +47,10 @@ class ToyBaseConfig:
     text_steps: int = 1000
     text_batch_size: int = 256
     text_lr: float = 2e-3
+    # Weight of masked-language modelling beside the probe in the text phase; 0 (off) is the committed base's
+    # recipe. A research option: it makes the encoder use context, which prompt vectors need to steer it
+    # (docs/steering_research.md).
+    masked_lm_weight: float = 0.0
     unet_steps: int = 9000
     batch_size: int = 64
     lr: float = 1e-3
@@ -72,5 +76,7 @@ class ToyBaseConfig:
         for name in ("caption_dropout", "position_shift", "varied_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
+        if self.masked_lm_weight < 0:
+            raise ValueError(f"masked_lm_weight must be at least 0, got {self.masked_lm_weight}")
         if self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")

@@ -49,7 +49,7 @@ class CaptionBank:
     varied_positions: torch.Tensor
     empty: torch.Tensor  # (1, T): the unconditional caption
     words: torch.Tensor  # (V,): the token id of every word of the toy vocabulary, domain tags included
-    specials: torch.Tensor  # (3,): the ids of <s>, </s> and <pad>
+    specials: torch.Tensor  # (4,): the ids of <s>, </s>, <pad> and <mask>
 
     def to(self, device: torch.device) -> CaptionBank:
         return CaptionBank(*(tensor.to(device) for tensor in asdict(self).values()))
@@ -85,14 +85,16 @@ def build_caption_bank(tokenizer, config: ToyBaseConfig, rng: np.random.Generato
         varied_positions=positions.view(len(combos), config.captions_per_combo, -1),
         empty=tokenize([""]).input_ids,
         words=torch.tensor(tokenizer.convert_tokens_to_ids(["▁" + word for word in captions.TOY_VOCABULARY])),
-        specials=torch.tensor([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]),
+        specials=torch.tensor(
+            [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id]
+        ),
     )
 
 
 def random_word_sequences(bank: CaptionBank, batch: int, length: int, generator) -> torch.Tensor:
     """Token ids (B, T) of `<s>` + 1..T-2 words drawn from the whole vocabulary + `</s>` + padding."""
     device = bank.words.device
-    bos, eos, pad = bank.specials.tolist()
+    bos, eos, pad, _ = bank.specials.tolist()
     counts = torch.randint(1, length - 1, (batch,), device=device, generator=generator)  # words per row
     words = bank.words[torch.randint(len(bank.words), (batch, length), device=device, generator=generator)]
     column = torch.arange(length, device=device)

@@ -91,6 +91,37 @@ def token_identity_loss(
     return F.cross_entropy(head(outputs[real]).float(), ids[real])
 
 
+def masked_lm_loss(
+    text_encoder,
+    head: torch.nn.Module,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    bank: CaptionBank,
+    generator: torch.Generator,
+    rate: float = 0.15,
+) -> torch.Tensor:
+    """BERT's masked-language-modelling loss: `rate` of the words corrupted (80% to <mask>, 10% to a random
+    word, 10% kept) and each read back from its output by `head`.
+
+    A word can then only be recovered from the words around it, which is how real XLM-R learned to let
+    context change what a word means, and what a prefix of prompt vectors needs in order to steer it.
+    """
+    bos, eos, pad, mask_id = bank.specials.tolist()
+    words = (ids != bos) & (ids != eos) & (ids != pad)
+    draw = torch.rand(ids.shape, device=ids.device, generator=generator)
+    chosen = words & (draw < rate)
+    how = torch.rand(ids.shape, device=ids.device, generator=generator)
+    random_words = bank.words[
+        torch.randint(len(bank.words), ids.shape, device=ids.device, generator=generator)
+    ]
+    corrupted = torch.where(chosen & (how < 0.8), torch.full_like(ids, mask_id), ids)
+    corrupted = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_words, corrupted)
+    outputs = text_encoder(corrupted, position_ids=positions)[0]
+    if not chosen.any():
+        return outputs.sum() * 0  # keeps the graph whole on a batch that drew no word
+    return F.cross_entropy(head(outputs[chosen]).float(), ids[chosen])
+
+
 def train_text_encoder(
     text_encoder, bank: CaptionBank, config: ToyBaseConfig, device, budget_s: float
 ) -> dict:
@@ -105,7 +136,13 @@ def train_text_encoder(
     probe = torch.nn.Linear(text_encoder.config.project_dim, sum(ATTRIBUTE_SIZES)).to(device)
     identity = torch.nn.Linear(text_encoder.config.project_dim, text_encoder.config.vocab_size).to(device)
     text_encoder.to(device).train().requires_grad_(True)
-    params = [*text_encoder.parameters(), *probe.parameters(), *identity.parameters()]
+    heads = [probe, identity]
+    if config.masked_lm_weight > 0:  # its own head: reading a masked word is a different task from identity
+        masked_lm = torch.nn.Linear(text_encoder.config.project_dim, text_encoder.config.vocab_size).to(
+            device
+        )
+        heads.append(masked_lm)
+    params = [*text_encoder.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(params, lr=config.text_lr, weight_decay=0.0)
     generator = torch.Generator(device).manual_seed(config.seed + 3)
     clock, step, curve = Clock(config.text_steps, budget_s), 0, []
@@ -131,6 +168,11 @@ def train_text_encoder(
         word_positions = shifted_positions(words, pad_id, config.position_shift, generator)
         identity_loss = token_identity_loss(text_encoder, identity, words, word_positions)
         loss = loss + identity_loss
+        if config.masked_lm_weight > 0:
+            loss = loss + config.masked_lm_weight * (
+                masked_lm_loss(text_encoder, masked_lm, ids, positions, bank, generator)
+                + masked_lm_loss(text_encoder, masked_lm, words, word_positions, bank, generator)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
