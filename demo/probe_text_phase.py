@@ -28,7 +28,13 @@ from altadapter.cli_args import setup_logging
 from altadapter.model import load_base
 from altadapter.rendering.report import markdown_row
 from toyworld.base_config import TOY_SIZE, ToyBaseConfig
-from toyworld.text_phase_probe import score_cells, steer_every_adapter, train_probe_model
+from toyworld.text_phase_probe import (
+    TABLE_HEADER,
+    results_table,
+    score_cells,
+    steer_every_adapter,
+    train_probe_model,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--results", default="docs/steering_research_results.jsonl", help="JSON lines to append"
     )
+    parser.add_argument(
+        "--table", action="store_true", help="train nothing: print --results as a markdown table and exit"
+    )
     parser.add_argument("--keep_model", default="", help="a folder to keep the model in (else a temp dir)")
     return parser.parse_args(argv)
 
@@ -78,8 +87,21 @@ def probe_config(args: argparse.Namespace) -> ToyBaseConfig:
     )
 
 
+def print_table(results: str) -> None:
+    """Every run recorded in `results`, one markdown row each (all three right, held-out long prompts)."""
+    with open(results, encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    print(markdown_row(TABLE_HEADER))
+    print(markdown_row(["---"] * 4 + ["---:"] * (len(TABLE_HEADER) - 4)))
+    for row in results_table(records):
+        print(markdown_row(row))
+
+
 def main(args: argparse.Namespace) -> None:
     """Train the encoder, steer every adapter through it, print one row and append it to --results."""
+    if args.table:
+        print_table(args.results)
+        return
     setup_logging()
     started = time.perf_counter()
     config = probe_config(args)

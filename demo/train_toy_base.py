@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{name}", type=int, default=getattr(DEFAULTS, name), help=help_text)
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate of the UNet")
     parser.add_argument(
+        "--masked_lm_weight",
+        type=float,
+        default=DEFAULTS.masked_lm_weight,
+        help="masked-language modelling beside the probe in the text phase (0: off, the committed base)",
+    )
+    parser.add_argument(
         "--guidance_scale", type=float, default=DEFAULTS.guidance_scale, help="classifier-free guidance scale"
     )
     parser.add_argument(
@@ -97,6 +103,7 @@ CONFIG_FLAGS = (
     "round_trip_scenes",
     "log_every",
     "lr",
+    "masked_lm_weight",
     "guidance_scale",
     "vae_from",
     "device",

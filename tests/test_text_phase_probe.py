@@ -46,7 +46,7 @@ def test_masked_lm_corrupts_only_words_and_reads_back_the_originals(tokenizer_an
     assert head.weight.grad is not None and encoder.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
-def test_probe_text_phase_trains_an_encoder_and_scores_every_adapter(tmp_path):
+def test_probe_text_phase_trains_an_encoder_and_scores_every_adapter(tmp_path, capsys):
     results = tmp_path / "results.jsonl"
     common = ["--text_steps", "2", "--steering_steps", "2", "--hidden_size", "32", "--num_heads", "2"]
     for weight in ("0", "1"):
@@ -61,3 +61,8 @@ def test_probe_text_phase_trains_an_encoder_and_scores_every_adapter(tmp_path):
         assert all(0 <= scores["all"] <= 1 for scores in record["scores"].values())
     # The objective changes the encoder: the same seed with masked-LM gives other features to the probe.
     assert records[0]["text_phase"]["spread"] != records[1]["text_phase"]["spread"]
+    capsys.readouterr()
+    assert run_as_main("demo/probe_text_phase.py", "--table", "--results", results) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert len(rows) == 2 and "masked-LM" not in rows[0] and "masked-LM x1" in rows[1], rows
+    assert "| 2 x 32, 2 heads | 64 | 0 |" in rows[0], rows[0]

@@ -77,3 +77,46 @@ def steer_every_adapter(
 def score_cells(scores: dict[str, float]) -> list[str]:
     """Shape colour, background, shape and all three, as table cells."""
     return [f"{100 * scores[name]:.1f}%" for name in (*world.ATTRIBUTE_NAMES, "all")]
+
+
+ADAPTER_COLUMNS = ("mlp", "prompt", "prompt, reparameterised", "prompt, deep")
+
+
+def results_table(records: list[dict]) -> list[list[str]]:
+    """One row per run of demo/probe_text_phase.py: the encoder's recipe, its probe, every adapter's all three."""
+    rows = []
+    for record in records:
+        flags, size = record["flags"], record["size"]
+        objective = "probe + identity" + (
+            f" + masked-LM x{flags['masked_lm_weight']:g}" if flags["masked_lm_weight"] else ""
+        )
+        encoder = f"{size['num_hidden_layers']} x {size['hidden_size']}, {size['num_attention_heads']} heads"
+        all_three = [f"{100 * record['scores'][kind]['all']:.1f}%" for kind in ADAPTER_COLUMNS]
+        rows.append(
+            [
+                objective,
+                encoder,
+                str(size["model_max_length"]),
+                str(flags["seed"]),
+                f"{100 * min(record['text_phase']['probe_accuracy'].values()):.1f}%",
+                str(flags["num_prompts"]),
+                *all_three,
+                f"{record['seconds'] / 60:.0f}",
+            ]
+        )
+    return rows
+
+
+TABLE_HEADER = [
+    "text phase",
+    "encoder",
+    "positions",
+    "seed",
+    "worst template",
+    "vectors",
+    "MLP",
+    "prompt",
+    "reparameterised",
+    "deep",
+    "minutes",
+]
