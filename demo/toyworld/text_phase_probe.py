@@ -81,6 +81,20 @@ def score_cells(scores: dict[str, float]) -> list[str]:
 
 ADAPTER_COLUMNS = ("mlp", "prompt", "prompt, reparameterised", "prompt, deep")
 
+TABLE_HEADER = [
+    "text phase",
+    "encoder",
+    "positions",
+    "seed",
+    "worst template",
+    "vectors",
+    "MLP",
+    "prompt",
+    "reparameterised",
+    "deep",
+    "minutes",
+]
+
 
 def results_table(records: list[dict]) -> list[list[str]]:
     """One row per run of demo/probe_text_phase.py: the encoder's recipe, its probe, every adapter's all three."""
@@ -105,18 +119,3 @@ def results_table(records: list[dict]) -> list[list[str]]:
             ]
         )
     return rows
-
-
-TABLE_HEADER = [
-    "text phase",
-    "encoder",
-    "positions",
-    "seed",
-    "worst template",
-    "vectors",
-    "MLP",
-    "prompt",
-    "reparameterised",
-    "deep",
-    "minutes",
-]

@@ -133,14 +133,13 @@ def train_text_encoder(
     learned: a frozen encoder cannot collapse under the diffusion loss, and its outputs can be cached.
     """
     pad_id = text_encoder.config.pad_token_id
-    probe = torch.nn.Linear(text_encoder.config.project_dim, sum(ATTRIBUTE_SIZES)).to(device)
-    identity = torch.nn.Linear(text_encoder.config.project_dim, text_encoder.config.vocab_size).to(device)
+    width, vocab_size = text_encoder.config.project_dim, text_encoder.config.vocab_size
+    probe = torch.nn.Linear(width, sum(ATTRIBUTE_SIZES)).to(device)
+    identity = torch.nn.Linear(width, vocab_size).to(device)
     text_encoder.to(device).train().requires_grad_(True)
     heads = [probe, identity]
     if config.masked_lm_weight > 0:  # its own head: reading a masked word is a different task from identity
-        masked_lm = torch.nn.Linear(text_encoder.config.project_dim, text_encoder.config.vocab_size).to(
-            device
-        )
+        masked_lm = torch.nn.Linear(width, vocab_size).to(device)
         heads.append(masked_lm)
     params = [*text_encoder.parameters(), *(p for head in heads for p in head.parameters())]
     optimizer = torch.optim.AdamW(params, lr=config.text_lr, weight_decay=0.0)
